@@ -1,0 +1,164 @@
+"""Typed configuration: the schema behind ``awdlm/conf`` and its validation.
+
+Hydra composes the YAML files in ``awdlm/conf``; :func:`to_config` merges the
+result onto these dataclasses, which rejects unknown keys and wrong types, and
+then checks every value's range. Each field documents its meaning and unit
+once; the YAML files repeat the paper's defaults.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, fields, is_dataclass
+from typing import Any, Optional
+
+from omegaconf import DictConfig, OmegaConf
+
+
+@dataclass
+class DatasetConfig:
+    """Where a corpus lies and how its split files are named."""
+
+    name: str = "ptb"  # a label: names the corpus cache file and the run
+    path: str = "${data_dir}/ptb"  # folder that holds the three split files
+    train: str = "ptb.train.txt"
+    valid: str = "ptb.valid.txt"
+    test: str = "ptb.test.txt"
+
+
+@dataclass
+class ModelConfig:
+    """Sizes and dropout rates of the AWD-LSTM. A dropout rate of 0 disables it."""
+
+    emsize: int = 400  # word embedding size; also the last LSTM layer's size when tied
+    nhid: int = 1150  # units in every LSTM layer but the last
+    nlayers: int = 3  # number of stacked single-layer LSTMs
+    dropout: float = 0.4  # locked dropout on the last LSTM layer's output
+    dropouth: float = 0.25  # locked dropout between LSTM layers
+    dropouti: float = 0.4  # locked dropout on the embedded input
+    wdrop: float = 0.5  # DropConnect on each LSTM's hidden-to-hidden weight
+    tied: bool = True  # share the embedding matrix with the decoder
+
+
+@dataclass
+class EmbedDropoutConfig:
+    """Embedding dropout (``dropoute`` in the paper): drops whole word types."""
+
+    strategy: str = "dense"  # dense (reference, builds a V x D mask) or gather (same numbers, less memory)
+    p: float = 0.1  # probability of dropping a word type in one forward pass
+
+
+@dataclass
+class OptimConfig:
+    """Optimizer and learning-rate schedule."""
+
+    name: str = "ntasgd"  # ntasgd: SGD that switches to averaging; adam: Adam with step drops
+    lr: float = 30.0  # learning rate at a BPTT length of exactly `bptt`
+    wdecay: float = 1.2e-6  # L2 weight decay
+    nonmono: int = 5  # NT-ASGD: recent validation losses ignored when testing for no improvement
+    when: list[int] = field(default_factory=list)  # epochs after which lr is multiplied by lr_drop
+    lr_drop: float = 0.1  # factor applied to lr at each epoch in `when`
+
+
+@dataclass
+class TrainerConfig:
+    """The training loop: batching, BPTT, loss terms, limits and device."""
+
+    epochs: int = 500
+    batch_size: int = 20  # training columns
+    eval_batch_size: int = 10  # validation columns
+    test_batch_size: int = 1  # test columns
+    bptt: int = 70  # base BPTT length in tokens
+    clip: float = 0.25  # maximum gradient L2 norm; 0 disables clipping
+    alpha: float = 2.0  # AR: weight of the squared dropped last-layer activations
+    beta: float = 1.0  # TAR: weight of the squared change of raw last-layer activations
+    limit_train_batches: Optional[int] = None  # stop each epoch after this many batches
+    limit_val_batches: Optional[int] = None  # validate on this many windows only
+    limit_test_batches: Optional[int] = None  # test on this many windows only
+    log_interval: int = 50  # batches between console and TensorBoard training updates
+    device: str = "auto"  # auto (CUDA when present), cpu, cuda or cuda:N
+
+
+@dataclass
+class Config:
+    """The whole run."""
+
+    seed: int = 141  # seeds every random draw: weights, dropout masks, BPTT lengths
+    data_dir: str = "data"  # folder with ptb/ and wikitext-2/
+    cache_dir: Optional[str] = "~/.cache/awdlm"  # tokenized-corpus cache; null disables it
+    dataset: DatasetConfig = field(default_factory=DatasetConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    embed_dropout: EmbedDropoutConfig = field(default_factory=EmbedDropoutConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    trainer: TrainerConfig = field(default_factory=TrainerConfig)
+
+
+class ConfigError(ValueError):
+    """A configuration value is out of range; the message names the override to change."""
+
+
+def _check(condition: bool, key: str, value: Any, allowed: str) -> None:
+    if not condition:
+        raise ConfigError(f"invalid {key}={value!r}: expected {allowed} (override with {key}=...)")
+
+
+def validate(config: Config) -> None:
+    """Raise ConfigError naming the first out-of-range value and its override."""
+    model, trainer, optim = config.model, config.trainer, config.optim
+    for key in ("emsize", "nhid", "nlayers"):
+        _check(getattr(model, key) >= 1, f"model.{key}", getattr(model, key), "an integer >= 1")
+    for key in ("dropout", "dropouth", "dropouti", "wdrop"):
+        value = getattr(model, key)
+        _check(0 <= value < 1, f"model.{key}", value, "a probability in [0, 1)")
+    _check(
+        config.embed_dropout.strategy in ("dense", "gather"),
+        "embed_dropout",
+        config.embed_dropout.strategy,
+        "dense or gather",
+    )
+    _check(0 <= config.embed_dropout.p < 1, "embed_dropout.p", config.embed_dropout.p, "a probability in [0, 1)")
+
+    _check(optim.name in ("ntasgd", "adam"), "optim", optim.name, "ntasgd or adam")
+    _check(optim.lr > 0, "optim.lr", optim.lr, "a number > 0")
+    _check(optim.wdecay >= 0, "optim.wdecay", optim.wdecay, "a number >= 0")
+    _check(optim.nonmono >= 0, "optim.nonmono", optim.nonmono, "an integer >= 0")
+    _check(0 < optim.lr_drop <= 1, "optim.lr_drop", optim.lr_drop, "a factor in (0, 1]")
+
+    for key in ("epochs", "batch_size", "eval_batch_size", "test_batch_size", "log_interval"):
+        _check(getattr(trainer, key) >= 1, f"trainer.{key}", getattr(trainer, key), "an integer >= 1")
+    _check(trainer.bptt >= 2, "trainer.bptt", trainer.bptt, "an integer >= 2")
+    for key in ("clip", "alpha", "beta"):
+        _check(getattr(trainer, key) >= 0, f"trainer.{key}", getattr(trainer, key), "a number >= 0")
+    for key in ("limit_train_batches", "limit_val_batches", "limit_test_batches"):
+        value = getattr(trainer, key)
+        _check(value is None or value >= 1, f"trainer.{key}", value, "null or an integer >= 1")
+    device = trainer.device
+    _check(
+        device in ("auto", "cpu", "cuda") or device.startswith("cuda:"),
+        "trainer.device",
+        device,
+        "auto, cpu, cuda or cuda:N",
+    )
+
+
+def to_config(cfg: DictConfig) -> Config:
+    """Merge a composed Hydra config onto the schema, validate it and return dataclasses."""
+    merged = OmegaConf.merge(OmegaConf.structured(Config), cfg)
+    config = OmegaConf.to_object(merged)
+    assert isinstance(config, Config)
+    validate(config)
+    return config
+
+
+def flatten(config: Any, prefix: str = "") -> dict[str, Any]:
+    """Flatten nested dataclasses into ``{"model.emsize": 400, ...}`` for hyper-parameter logs."""
+    flat: dict[str, Any] = {}
+    for item in fields(config):
+        value = getattr(config, item.name)
+        key = f"{prefix}{item.name}"
+        if is_dataclass(value):
+            flat.update(flatten(value, f"{key}."))
+        elif isinstance(value, (int, float, str, bool)):
+            flat[key] = value
+        else:
+            flat[key] = str(value)
+    return flat

@@ -1,0 +1,130 @@
+"""The AWD-LSTM language model (Merity, Keskar and Socher, 2018)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor, nn
+
+from awdlm.model.embedding_dropout import embedding_dropout
+from awdlm.model.locked_dropout import LockedDropout
+from awdlm.model.weight_drop import WeightDropLSTM
+
+Hidden = list[tuple[Tensor, Tensor]]
+
+
+@dataclass
+class ModelOutput:
+    """What one forward pass returns; every tensor is time-major."""
+
+    logits: Tensor  # (T, B, V)
+    hidden: Hidden  # per layer, two (1, B, H_l) tensors
+    last_raw: Tensor  # (T, B, H_last): last LSTM layer's output before dropout, for TAR
+    last_dropped: Tensor  # (T, B, H_last): the same after output dropout, for AR
+
+
+class AWDLSTM(nn.Module):
+    """Embedding -> N single-layer weight-dropped LSTMs -> tied decoder.
+
+    Dropout is applied at five places: embedding dropout on word types
+    (``dropoute``), locked dropout on the embedded input (``dropouti``),
+    between LSTM layers (``dropouth``) and on the last layer's output
+    (``dropout``), and DropConnect on every recurrent weight (``wdrop``).
+    With ``tied=True`` the decoder shares the embedding matrix and the last
+    LSTM layer has ``emsize`` units.
+    """
+
+    def __init__(
+        self,
+        ntoken: int,
+        emsize: int = 400,
+        nhid: int = 1150,
+        nlayers: int = 3,
+        dropout: float = 0.4,
+        dropouth: float = 0.25,
+        dropouti: float = 0.4,
+        dropoute: float = 0.1,
+        wdrop: float = 0.5,
+        tied: bool = True,
+        embed_dropout: str = "dense",
+    ) -> None:
+        super().__init__()
+        self.ntoken = ntoken
+        self.nlayers = nlayers
+        self.dropout, self.dropouth, self.dropouti, self.dropoute = dropout, dropouth, dropouti, dropoute
+        self.embed_dropout = embed_dropout
+
+        self.encoder = nn.Embedding(ntoken, emsize)
+        last_size = emsize if tied else nhid
+        sizes = [emsize] + [nhid] * (nlayers - 1) + [last_size]
+        self.rnns = nn.ModuleList(
+            WeightDropLSTM(sizes[layer], sizes[layer + 1], wdrop) for layer in range(nlayers)
+        )
+        self.locked_dropout = LockedDropout()
+        self.decoder = nn.Linear(last_size, ntoken)
+        if tied:
+            self.decoder.weight = self.encoder.weight
+        self.init_weights()
+
+    def init_weights(self) -> None:
+        """Initialise embedding and decoder uniformly in [-0.1, 0.1], decoder bias 0."""
+        nn.init.uniform_(self.encoder.weight, -0.1, 0.1)
+        nn.init.zeros_(self.decoder.bias)
+        if self.decoder.weight is not self.encoder.weight:
+            nn.init.uniform_(self.decoder.weight, -0.1, 0.1)
+
+    def init_hidden(self, batch_size: int) -> Hidden:
+        """Return zero (h, c) states for every layer."""
+        weight = self.encoder.weight
+        return [
+            (
+                weight.new_zeros(1, batch_size, rnn.lstm.hidden_size),
+                weight.new_zeros(1, batch_size, rnn.lstm.hidden_size),
+            )
+            for rnn in self.rnns
+        ]
+
+    def forward(self, words: Tensor, hidden: Hidden) -> ModelOutput:
+        # words: (T, B) word ids.
+        emb = embedding_dropout(
+            words,
+            self.encoder.weight,
+            self.dropoute,
+            strategy=self.embed_dropout,
+            training=self.training,
+        )  # (T, B, emsize)
+        output = self.locked_dropout(emb, self.dropouti)
+
+        new_hidden: Hidden = []
+        for layer, rnn in enumerate(self.rnns):
+            output, state = rnn(output, hidden[layer])  # (T, B, H_layer)
+            new_hidden.append(state)
+            if layer != self.nlayers - 1:
+                output = self.locked_dropout(output, self.dropouth)
+        last_raw = output
+        last_dropped = self.locked_dropout(output, self.dropout)
+
+        logits = self.decoder(last_dropped)  # (T, B, V)
+        return ModelOutput(logits, new_hidden, last_raw, last_dropped)
+
+
+def detach_hidden(hidden: Hidden) -> Hidden:
+    """Cut the graph at the batch boundary while keeping the state's values."""
+    return [(h.detach(), c.detach()) for h, c in hidden]
+
+
+def activation_regularization(last_dropped: Tensor, alpha: float) -> Tensor:
+    """AR: ``alpha`` times the mean squared activation of the dropped last-layer output."""
+    return alpha * last_dropped.pow(2).mean()
+
+
+def temporal_activation_regularization(last_raw: Tensor, beta: float) -> Tensor:
+    """TAR: ``beta`` times the mean squared change of the raw last-layer output between steps."""
+    return beta * (last_raw[1:] - last_raw[:-1]).pow(2).mean()
+
+
+def count_parameters(model: nn.Module) -> int:
+    """Count distinct parameters, a tied matrix once."""
+    return sum(p.numel() for p in model.parameters())
+

@@ -1,0 +1,1 @@
+"""Training: the epoch loop, NT-ASGD averaging and checkpoints."""
