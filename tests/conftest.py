@@ -1,4 +1,4 @@
-"""Shared fixtures: the reference corpora and a tiny composed config."""
+"""Shared fixtures: the folder with the real Penn Treebank and WikiText-2 corpora."""
 
 from __future__ import annotations
 
@@ -8,19 +8,20 @@ from pathlib import Path
 import pytest
 
 DATA_ENV = "AWDLM_DATA_DIR"
+DEFAULT_DATA_DIR = Path(__file__).resolve().parent.parent / "data"
 
 
 @pytest.fixture(scope="session")
 def data_dir() -> Path:
-    """The folder with the real ptb/ and wikitext-2/ corpora, from $AWDLM_DATA_DIR.
+    """Return $AWDLM_DATA_DIR, or the repository's data/ folder when it is unset.
 
-    Tests that need it fail, rather than skip, when it is missing.
+    Tests that need the corpora fail, rather than skip, when they are missing.
     """
-    value = os.environ.get(DATA_ENV)
-    if not value:
-        pytest.fail(f"{DATA_ENV} is not set: point it at the folder that holds ptb/ and wikitext-2/")
-    path = Path(value)
+    path = Path(os.environ.get(DATA_ENV) or DEFAULT_DATA_DIR)
     for required in ("ptb/ptb.train.txt", "wikitext-2/wiki.train.tokens"):
         if not (path / required).is_file():
-            pytest.fail(f"{DATA_ENV}={value} has no {required}")
+            pytest.fail(
+                f"corpus file {path / required} not found: set {DATA_ENV} to the folder that "
+                f"holds ptb/ and wikitext-2/, or download them into {DEFAULT_DATA_DIR}"
+            )
     return path
