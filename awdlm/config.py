@@ -16,13 +16,19 @@ from omegaconf import DictConfig, OmegaConf
 
 @dataclass
 class DatasetConfig:
-    """Where a corpus lies and how its split files are named."""
+    """Location, split file names, tokenization and download sources of a corpus."""
 
-    name: str = "ptb"  # a label: names the corpus cache file and the run
-    path: str = "${data_dir}/ptb"  # folder that holds the three split files
+    name: str = "ptb"  # a label: names the corpus cache file; ptb, wikitext2 and ptb_char can be downloaded
+    path: str = "${data_dir}/ptb"  # folder that contains the three split files
     train: str = "ptb.train.txt"
     valid: str = "ptb.valid.txt"
     test: str = "ptb.test.txt"
+    level: str = "word"  # word or char: what one token is; char makes the trainer report bits per character
+    tokenizer: Optional[str] = None  # whitespace or chars; null: whitespace at word level, chars at char level
+    min_count: int = 1  # training-split occurrences a type needs to enter the vocabulary
+    max_size: Optional[int] = None  # most vocabulary entries, <eos> and <unk> included; null: no limit
+    download: bool = True  # fetch a known dataset from `sources` when its files are missing
+    sources: list[str] = field(default_factory=list)  # archive or folder URLs or local paths, tried in order
 
 
 @dataclass
@@ -104,6 +110,24 @@ def _check(condition: bool, key: str, value: Any, allowed: str) -> None:
 def validate(config: Config) -> None:
     """Raise ConfigError naming the first out-of-range value and its override."""
     model, trainer, optim = config.model, config.trainer, config.optim
+    dataset = config.dataset
+    _check(dataset.level in ("word", "char"), "dataset.level", dataset.level, "word or char")
+    _check(
+        dataset.tokenizer in (None, "whitespace", "chars"),
+        "dataset.tokenizer",
+        dataset.tokenizer,
+        "null, whitespace or chars",
+    )
+    _check(dataset.min_count >= 1, "dataset.min_count", dataset.min_count, "an integer >= 1")
+    _check(
+        dataset.max_size is None or dataset.max_size >= 2,
+        "dataset.max_size",
+        dataset.max_size,
+        "null or an integer >= 2 (room for <eos> and <unk>)",
+    )
+    _check(bool(dataset.path), "dataset.path", dataset.path, "the folder that contains the split files")
+    for key in ("train", "valid", "test"):
+        _check(bool(getattr(dataset, key)), f"dataset.{key}", getattr(dataset, key), "a file name")
     for key in ("emsize", "nhid", "nlayers"):
         _check(getattr(model, key) >= 1, f"model.{key}", getattr(model, key), "an integer >= 1")
     for key in ("dropout", "dropouth", "dropouti", "wdrop"):

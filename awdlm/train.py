@@ -7,6 +7,7 @@ Examples::
     python -m awdlm.train -m embed_dropout=dense,gather    # both, as a Hydra multirun
     python -m awdlm.train experiment=wt2_paper             # WikiText-2 recipe
     python -m awdlm.train experiment=ptb_cpu data_dir=/path/to/corpora
+    python -m awdlm.train dataset=text dataset.path=/path/to/folder   # train.txt, valid.txt, test.txt
     python -m awdlm.train trainer.epochs=1 trainer.limit_train_batches=20 trainer.limit_val_batches=5
 
 Each run writes its log, TensorBoard events, resolved config and best
@@ -25,7 +26,9 @@ from omegaconf import DictConfig, OmegaConf
 from tqdm.contrib.logging import logging_redirect_tqdm
 
 from awdlm.config import Config, to_config
-from awdlm.data import load_corpus
+from awdlm.data import TokenizerSettings, load_corpus
+from awdlm.data.corpus import check_split_lengths
+from awdlm.data.download import ensure_dataset
 from awdlm.training.trainer import Trainer
 
 log = logging.getLogger("awdlm.train")
@@ -35,14 +38,28 @@ OmegaConf.register_new_resolver("run_name", lambda overrides: overrides or "defa
 
 
 def dataset_files(config: Config) -> dict[str, Path]:
+    """Map each split to its file, downloading a known dataset first when its files are missing."""
     folder = Path(to_absolute_path(config.dataset.path))
+    ensure_dataset(config.dataset, folder)
     return {split: folder / getattr(config.dataset, split) for split in ("train", "valid", "test")}
 
 
 def run(config: Config, run_dir: Path) -> dict[str, float]:
     """Load the corpus, train, test; return the final metrics."""
     cache_dir = None if config.cache_dir is None else Path(config.cache_dir).expanduser()
-    corpus = load_corpus(dataset_files(config), cache_dir, name=config.dataset.name)
+    dataset = config.dataset
+    settings = TokenizerSettings.for_level(
+        dataset.level, dataset.tokenizer, min_count=dataset.min_count, max_size=dataset.max_size
+    )
+    files = dataset_files(config)
+    corpus = load_corpus(files, cache_dir, name=dataset.name, settings=settings)
+    trainer = config.trainer
+    batch_sizes = {
+        "train": (trainer.batch_size, "trainer.batch_size"),
+        "valid": (trainer.eval_batch_size, "trainer.eval_batch_size"),
+        "test": (trainer.test_batch_size, "trainer.test_batch_size"),
+    }
+    check_split_lengths(corpus, batch_sizes, files)
     return Trainer(config, corpus, run_dir).fit()
 
 
