@@ -11,7 +11,7 @@ import awdlm
 from awdlm.config import Config, ConfigError, to_config
 from awdlm.data.corpus import SPLITS, load_corpus
 from awdlm.data.tokenize import TokenizerSettings
-from awdlm.train import dataset_files
+from awdlm.train import dataset_files, run
 
 CONF_DIR = Path(awdlm.__file__).resolve().parent / "conf"
 
@@ -82,3 +82,17 @@ def test_download_false_reports_missing(tmp_path: Path) -> None:
     config = compose_config(f"data_dir={tmp_path}", "dataset.download=false")
     with pytest.raises(FileNotFoundError, match="dataset.download=false"):
         dataset_files(config)
+
+
+def test_run_rejects_short_split(tmp_path: Path) -> None:
+    (tmp_path / "train.txt").write_text("a b c d e f g h\n" * 20)
+    (tmp_path / "valid.txt").write_text("a b c\n")
+    (tmp_path / "test.txt").write_text("a b c d\n")
+    config = compose_config("dataset=text", f"dataset.path={tmp_path}", "cache_dir=null", "trainer.eval_batch_size=10")
+    with pytest.raises(ValueError) as info:
+        run(config, tmp_path / "run")
+    message = str(info.value)
+    assert "valid split" in message
+    assert str(tmp_path / "valid.txt") in message
+    assert "trainer.eval_batch_size" in message
+    assert not (tmp_path / "run").exists()  # rejected before the trainer starts
