@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from awdlm.data import EOS, UNK, load_corpus
+from awdlm.data.corpus import CACHE_SUBDIR
 
 
 def split_files(folder, pattern):
@@ -50,21 +51,22 @@ def write_small_corpus(folder, train_text):
 def test_edited_file_not_served_stale(tmp_path):
     files = write_small_corpus(tmp_path / "text", "a b c\n")
     cache = tmp_path / "cache"
-    assert len(load_corpus(files, cache, name="text").vocab) == 4
-    files["train"].write_text("a b c d\n")
+    # a, b, c, <eos>, and <unk> appended because the text has none
     assert len(load_corpus(files, cache, name="text").vocab) == 5
-    assert len(list(cache.glob("*.pt"))) == 2
+    files["train"].write_text("a b c d\n")
+    assert len(load_corpus(files, cache, name="text").vocab) == 6
+    assert len(list((cache / CACHE_SUBDIR).glob("*.pt"))) == 2
 
 
 def test_truncated_cache_rebuilt(tmp_path, caplog):
     files = write_small_corpus(tmp_path / "text", "a b c\n")
     cache = tmp_path / "cache"
     expected = load_corpus(files, cache, name="text")
-    (cached,) = cache.glob("*.pt")
+    (cached,) = (cache / CACHE_SUBDIR).glob("*.pt")
     cached.write_bytes(cached.read_bytes()[:50])
     with caplog.at_level(logging.WARNING):
         rebuilt = load_corpus(files, cache, name="text")
-    assert "unreadable corpus cache" in caplog.text
+    assert "unusable corpus cache" in caplog.text
     assert torch.equal(rebuilt.train, expected.train)
     assert load_corpus(files, cache, name="text").vocab.itos == expected.vocab.itos
 
@@ -80,4 +82,4 @@ def test_cache_leaves_no_temporary_files(data_dir, tmp_path):
     folder = tmp_path / "ptb"
     shutil.copytree(data_dir / "ptb", folder)
     load_corpus(split_files(folder, "ptb.{split}.txt"), tmp_path / "cache", name="ptb")
-    assert [p.suffix for p in (tmp_path / "cache").iterdir()] == [".pt"]
+    assert [p.suffix for p in (tmp_path / "cache" / CACHE_SUBDIR).iterdir()] == [".pt"]

@@ -100,6 +100,8 @@ def test_invalid_value_fails_before_training(data_dir, tmp_path):
 
 
 def test_missing_corpus_names_path(tmp_path):
-    result = train([f"hydra.run.dir={tmp_path / 'run'}"], tmp_path / "nowhere", tmp_path / "cache")
+    # dataset.download=false: the test must not reach the public download sources.
+    result = train(["dataset.download=false", f"hydra.run.dir={tmp_path / 'run'}"], tmp_path / "nowhere", tmp_path / "cache")
     assert result.returncode != 0
     assert "ptb.train.txt" in result.stderr
+    assert "dataset.download=false" in result.stderr
