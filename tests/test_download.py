@@ -373,3 +373,22 @@ def test_ensure_dataset_skips_custom_text(tmp_path) -> None:
     config = DatasetConfig(name="text", path=str(tmp_path), train="train.txt", valid="valid.txt", test="test.txt")
     ensure_dataset(config, tmp_path)  # nothing to download; the loader reports the missing files
     assert os.listdir(tmp_path) == []
+
+
+def test_interrupted_download_leaves_nothing(server, archives, corpora, tmp_path, monkeypatch) -> None:
+    url = server.serve("/simple-examples.tgz", archives["simple-examples.tgz"])
+    parent = tmp_path / "data"
+
+    def interrupt(*args: object) -> None:
+        raise KeyboardInterrupt
+
+    # Ctrl-C after the archive is fetched and unpacked, before the files are verified.
+    monkeypatch.setattr("awdlm.data.download.verify", interrupt)
+    with pytest.raises(KeyboardInterrupt):
+        download_dataset("ptb", parent / "ptb", [url])
+    assert not (parent / "ptb").exists()
+    assert leftovers(parent) == []
+
+    monkeypatch.undo()
+    assert download_dataset("ptb", parent / "ptb", [url]) is True
+    assert_installed(parent / "ptb", PTB_FILES, corpora)
