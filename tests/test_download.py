@@ -230,13 +230,25 @@ def test_corrupted_only_source_leaves_nothing(server, archives, tmp_path) -> Non
     assert leftovers(parent) == []
 
 
-def test_damaged_archive_falls_back(server, archives, corpora, tmp_path) -> None:
+def test_damaged_archive_falls_back(server, archives, corpora, tmp_path, caplog) -> None:
     data = archives["simple-examples.tgz"]
-    bad_url = server.serve("/damaged.tgz", flip_byte(data, len(data) // 2))
+    bad_url = server.serve("/damaged.tgz", data[: len(data) // 4])
     good_url = server.serve("/simple-examples.tgz", data)
     folder = tmp_path / "ptb"
-    assert download_dataset("ptb", folder, [bad_url, good_url]) is True
+    with caplog.at_level(logging.WARNING, logger="awdlm.data.download"):
+        assert download_dataset("ptb", folder, [bad_url, good_url]) is True
+    assert "the archive is damaged" in caplog.text
+    assert server.requests == ["/damaged.tgz", "/simple-examples.tgz"]
     assert_installed(folder, PTB_FILES, corpora)
+
+
+def test_gzip_checksum_checked(server, archives, tmp_path) -> None:
+    data = archives["simple-examples.tgz"]
+    # The last 8 bytes of a gzip stream are the CRC-32 and length of the data.
+    url = server.serve("/simple-examples.tgz", flip_byte(data, len(data) - 8))
+    with pytest.raises(DownloadError, match="the archive is damaged"):
+        download_dataset("ptb", tmp_path / "ptb", [url])
+    assert not (tmp_path / "ptb").exists()
 
 
 def test_dropped_connection_leaves_nothing(server, archives, corpora, tmp_path) -> None:
@@ -392,3 +404,29 @@ def test_interrupted_download_leaves_nothing(server, archives, corpora, tmp_path
     monkeypatch.undo()
     assert download_dataset("ptb", parent / "ptb", [url]) is True
     assert_installed(parent / "ptb", PTB_FILES, corpora)
+
+
+def test_cli_download_all_shares_archive(server, archives, corpora, tmp_path) -> None:
+    tgz_url = server.serve("/simple-examples.tgz", archives["simple-examples.tgz"])
+    zip_url = server.serve("/wikitext-2-v1.zip", archives["wikitext-2-v1.zip"])
+    data_dir = tmp_path / "data"
+    # Every dataset finds its files in one of these, so the public sources are never tried.
+    arguments = ["download", "all", "--data-dir", str(data_dir), "--source", tgz_url, "--source", zip_url]
+    assert data_cli(arguments) == 0
+    assert_installed(data_dir / "ptb", PTB_FILES, corpora)
+    assert_installed(data_dir / "wikitext-2", WIKI_FILES, corpora)
+    assert_installed(data_dir / "ptb_char", CHAR_FILES, corpora)
+    assert server.requests == ["/simple-examples.tgz", "/wikitext-2-v1.zip"]
+    assert leftovers(data_dir) == []
+
+
+def test_damaged_shared_archive_not_reused(server, archives, tmp_path) -> None:
+    data = archives["simple-examples.tgz"]
+    url = server.serve("/simple-examples.tgz", data[: len(data) // 4])
+    archive_dir = tmp_path / "archives"
+    archive_dir.mkdir()
+    for _ in range(2):
+        with pytest.raises(DownloadError, match="damaged"):
+            download_dataset("ptb", tmp_path / "ptb", [url], archive_dir=archive_dir)
+    assert server.requests == ["/simple-examples.tgz", "/simple-examples.tgz"]
+    assert list(archive_dir.iterdir()) == []

@@ -17,11 +17,14 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
+import tempfile
 from pathlib import Path
 
 from awdlm.data.corpus import clear_cache
 from awdlm.data.download import (
+    WORK_PREFIX,
     DownloadError,
     check_files,
     download_dataset,
@@ -90,9 +93,15 @@ def _dataset_folder(name: str, data_dir: str) -> Path:
 
 def command_download(args: argparse.Namespace) -> int:
     names = known_datasets() if args.dataset == "all" else [args.dataset]
-    for name in names:
-        config = load_dataset_config(name, args.data_dir)
-        download_dataset(name, _dataset_folder(name, args.data_dir), [*args.source, *config.sources], force=args.force)
+    data_dir = Path(args.data_dir).expanduser().absolute()
+    data_dir.mkdir(parents=True, exist_ok=True)
+    # ptb and ptb_char come from the same archive: keep archives until every dataset is done.
+    with tempfile.TemporaryDirectory(prefix=f"{WORK_PREFIX}archives-{os.getpid()}-", dir=data_dir) as archive_dir:
+        for name in names:
+            config = load_dataset_config(name, args.data_dir)
+            sources = [*args.source, *config.sources]
+            folder = _dataset_folder(name, args.data_dir)
+            download_dataset(name, folder, sources, force=args.force, archive_dir=Path(archive_dir))
     return 0
 
 

@@ -174,6 +174,10 @@ def _archive_members(archive: Path, names: set[str]) -> Iterable[tuple[str, Bina
                     assert member is not None
                     with member:
                         yield base, member
+            # Tar has no checksum over file data, but gzip, bzip2 and xz check theirs
+            # at the end of the stream, which iterating the members may not reach.
+            while tar.fileobj.read(CHUNK_BYTES):
+                pass
     else:
         raise SourceError("it is neither a zip nor a tar archive")
 
@@ -208,10 +212,34 @@ def _find_in_folder(folder: Path, name: str) -> Path | None:
     return matches[0] if matches else None
 
 
-def fetch_source(source: str, names: set[str], optional: set[str], work: Path, timeout: float) -> dict[str, Path]:
+def _fetch_archive(url: str, work: Path, archive_dir: Path | None, timeout: float) -> Path:
+    """Download an archive into ``work``, or into ``archive_dir`` where later datasets can reuse it."""
+    if archive_dir is None:
+        archive = work / "archive"
+        fetch_url(url, archive, timeout)
+        return archive
+    archive = archive_dir / hashlib.sha256(url.encode()).hexdigest()[:20]
+    if archive.is_file():
+        log.info("reusing %s, fetched earlier by this command", url)
+        return archive
+    partial = work / "archive"
+    fetch_url(url, partial, timeout)
+    os.replace(partial, archive)
+    return archive
+
+
+def fetch_source(
+    source: str,
+    names: set[str],
+    optional: set[str],
+    work: Path,
+    timeout: float,
+    archive_dir: Path | None = None,
+) -> dict[str, Path]:
     """Place the files ``names`` (and any of ``optional``) from one source into ``work``.
 
     Raises SourceError when the source fails or lacks one of ``names``.
+    Downloaded archives are kept in ``archive_dir`` when it is given.
     """
     files_dir = work / "files"
     files_dir.mkdir()
@@ -229,9 +257,12 @@ def fetch_source(source: str, names: set[str], optional: set[str], work: Path, t
     elif local is not None:
         raise SourceError("no such file or folder")
     elif _is_archive_name(urllib.parse.urlsplit(source).path):
-        archive = work / "archive"
-        fetch_url(source, archive, timeout)
-        found = extract(archive, names | optional, files_dir)
+        archive = _fetch_archive(source, work, archive_dir, timeout)
+        try:
+            found = extract(archive, names | optional, files_dir)
+        except SourceError:
+            archive.unlink(missing_ok=True)  # a damaged archive must be fetched again, not reused
+            raise
     elif source.endswith("/"):
         found = {}
         for name in sorted(names):
@@ -299,12 +330,14 @@ def remove_stale_work_dirs(parent: Path) -> None:
 # Installing -----------------------------------------------------------------
 
 
-def _install_from(source: str, name: str, folder: Path, needed: list[str], timeout: float) -> None:
+def _install_from(
+    source: str, name: str, folder: Path, needed: list[str], timeout: float, archive_dir: Path | None
+) -> None:
     pinned = PINNED[name]
     work = Path(tempfile.mkdtemp(prefix=f"{WORK_PREFIX}{name}-{os.getpid()}-", dir=folder.parent))
     try:
         optional = set(pinned.witnesses) if not _is_url(source) or not source.endswith("/") else set()
-        found = fetch_source(source, set(needed), optional - set(needed), work, timeout)
+        found = fetch_source(source, set(needed), optional - set(needed), work, timeout, archive_dir)
         verify(found, pinned, source)
         folder.mkdir(parents=True, exist_ok=True)
         for file_name in needed:
@@ -321,6 +354,7 @@ def download_dataset(
     force: bool = False,
     attempts: int = 2,
     timeout: float = 60.0,
+    archive_dir: Path | None = None,
 ) -> bool:
     """Make ``folder`` hold verified copies of dataset ``name``'s files.
 
@@ -329,6 +363,8 @@ def download_dataset(
     each up to ``attempts`` times for network failures, and True is returned
     once one delivered. A present file whose checksum differs raises
     DownloadError unless ``force`` is set, in which case it is replaced.
+    Archives fetched into ``archive_dir`` are reused by later calls with the
+    same folder, so PTB and PTB at character level share one download.
     """
     if name not in PINNED:
         raise ValueError(f"unknown dataset {name!r}: expected one of {', '.join(PINNED)}")
@@ -354,7 +390,7 @@ def download_dataset(
         for attempt in range(1, attempts + 1):
             log.info("fetching %s from %s (attempt %d of %d)", name, source, attempt, attempts)
             try:
-                _install_from(source, name, folder, needed, timeout)
+                _install_from(source, name, folder, needed, timeout, archive_dir)
             except SourceError as error:
                 log.warning("%s: %s", source, error)
                 failures.append(f"{source} (attempt {attempt}): {error}")
