@@ -63,7 +63,7 @@ def build_parser() -> argparse.ArgumentParser:
     names = known_datasets()
 
     download = commands.add_parser("download", help="fetch and verify a corpus from its public sources")
-    download.add_argument("dataset", choices=[*names, "all"])
+    download.add_argument("dataset", choices=[*names, "all"], help="the corpus to fetch, or all of them")
     download.add_argument(
         "--source",
         action="append",
@@ -74,7 +74,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_common_options(download, defaults=False)
 
     importer = commands.add_parser("import", help="install a corpus from an archive or folder you already have")
-    importer.add_argument("dataset", choices=names)
+    importer.add_argument("dataset", choices=names, help="the corpus that PATH contains")
     importer.add_argument("path", type=Path, help="archive (.tgz, .tar.gz, .tar, .zip) or folder")
     importer.add_argument("--force", action="store_true", help="replace present files whose checksum differs")
     _add_common_options(importer, defaults=False)
