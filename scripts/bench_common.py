@@ -19,7 +19,7 @@ from torch.autograd import DeviceType
 from torch.profiler import ProfilerActivity, profile
 
 from awdlm.config import Config, TrainerConfig, to_config
-from awdlm.data import Corpus, load_corpus
+from awdlm.data import Corpus, TokenizerSettings, load_corpus
 from awdlm.model.awd_lstm import (
     AWDLSTM,
     Hidden,
@@ -38,10 +38,14 @@ def compose_config(overrides: list[str]) -> Config:
 
 
 def load_config_corpus(config: Config) -> Corpus:
-    """Tokenize the corpus that ``config.dataset`` names; nothing is cached."""
-    folder = Path(config.dataset.path)
-    files = {split: folder / getattr(config.dataset, split) for split in ("train", "valid", "test")}
-    return load_corpus(files, cache_dir=None, name=config.dataset.name)
+    """Tokenize the corpus that ``config.dataset`` names, as the trainer does; nothing is cached or downloaded."""
+    dataset = config.dataset
+    settings = TokenizerSettings.for_level(
+        dataset.level, dataset.tokenizer, min_count=dataset.min_count, max_size=dataset.max_size
+    )
+    folder = Path(dataset.path)
+    files = {split: folder / getattr(dataset, split) for split in ("train", "valid", "test")}
+    return load_corpus(files, cache_dir=None, name=dataset.name, settings=settings)
 
 
 def train_step(
@@ -104,8 +108,11 @@ def cpu_peak_bytes(fn) -> int:
     allocator reports to ``torch.profiler`` with ``profile_memory=True``:
     their running sum, in event order, is the number of tensor bytes allocated
     since the call began and not yet freed. Tensors alive before the call
-    (weights, inputs) are not counted, and neither is memory outside PyTorch's
-    allocator (the interpreter, libraries, thread stacks).
+    (weights, inputs) are not counted, and neither is freeing them during the
+    call: the profiler reports no event for a block allocated before it
+    started, and PyTorch warns "Memory block of unknown size" instead. Memory
+    outside PyTorch's allocator (the interpreter, libraries, thread stacks) is
+    not counted either.
     """
     with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
         fn()
