@@ -15,7 +15,7 @@ SCRIPTS = Path(__file__).resolve().parent.parent / "scripts"
 
 def run_script(name: str, *args: str) -> subprocess.CompletedProcess:
     return subprocess.run(
-        [sys.executable, str(SCRIPTS / name), *args], capture_output=True, text=True, timeout=300, check=False
+        [sys.executable, str(SCRIPTS / name), *args], capture_output=True, text=True, timeout=1800, check=False
     )
 
 
