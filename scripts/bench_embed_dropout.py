@@ -22,9 +22,10 @@ How peak memory is measured:
   in order. This counts exactly the bytes of tensors alive at once beyond the
   inputs, and it is the same on every run of the same case.
 * CPU (``rss`` column, a cross-check): a fresh subprocess per case builds the
-  inputs, runs the call once to warm up, resets its peak resident set size
-  (writing 5 to ``/proc/self/clear_refs``), runs the call again and reports
-  the growth of the peak (``VmHWM``; ``ru_maxrss`` where /proc is missing).
+  inputs and runs the call once to warm up. It then resets its peak resident
+  set size (writing 5 to ``/proc/self/clear_refs``), runs the call again and
+  reports the growth of the peak (``VmHWM``, or ``ru_maxrss`` where /proc is
+  missing).
   Without the reset, the peak left by importing the libraries hides growths
   of tens of MiB. RSS counts pages that the C allocator keeps or reuses after
   a free and misses allocations that were never touched, so it agrees with
@@ -162,10 +163,12 @@ def measure(args: argparse.Namespace, device: torch.device) -> list[dict[str, ob
                 "peak_bytes": bench_common.peak_bytes(call, device),
                 "ms": time_call(call, device, args.warmup, args.repeats),
             }
-            if device.type == "cpu" and args.rss:
-                row["rss_bytes"] = rss_growth_bytes(case, vocab_size, args)
             results.append(row)
             del call
+    # The subprocesses run after all timing, so they cannot disturb it.
+    if device.type == "cpu" and args.rss:
+        for row in results:
+            row["rss_bytes"] = rss_growth_bytes(row["case"], row["vocab_size"], args)
     return results
 
 
@@ -174,7 +177,7 @@ def ratio(value: float, reference: float) -> str:
 
 
 def table(results: list[dict[str, object]], emsize: int) -> str:
-    """One row per case, with the figures of ``dense`` and ``none`` at the same size as references."""
+    """Render one row per case, with ratios to ``dense`` and extras over ``none`` at the same size."""
     reference = {(r["device"], r["vocab_size"], r["case"]): r for r in results}
     headers = ["device", "V", "V x D MiB", "case", "peak MiB", "extra MiB", "extra / dense", "ms", "ms / dense"]
     with_rss = any("rss_bytes" in r for r in results)
@@ -216,8 +219,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--batch-size", type=int, default=80, help="batch columns B (default 80)")
     parser.add_argument("--bptt", type=int, default=70, help="tokens per column T (default 70)")
     parser.add_argument("--p", type=float, default=0.1, help="embedding dropout probability (default 0.1)")
-    parser.add_argument("--warmup", type=int, default=2, help="untimed calls before timing (default 2)")
-    parser.add_argument("--repeats", type=int, default=5, help="timed calls; the median is reported (default 5)")
+    parser.add_argument("--warmup", type=int, default=3, help="untimed calls before timing (default 3)")
+    parser.add_argument("--repeats", type=int, default=10, help="timed calls; the median is reported (default 10)")
     parser.add_argument(
         "--devices",
         nargs="+",
