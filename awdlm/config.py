@@ -63,6 +63,9 @@ class OptimConfig:
     nonmono: int = 5  # NT-ASGD: recent validation losses ignored when testing for no improvement
     when: list[int] = field(default_factory=list)  # epochs after which lr is multiplied by lr_drop
     lr_drop: float = 0.1  # factor applied to lr at each epoch in `when`
+    # NT-ASGD: start averaging after this many epochs, whatever the validation loss does.
+    # 0 averages from the first step (finetuning). null leaves the switch to the criterion.
+    average_after: Optional[int] = None
 
 
 @dataclass
@@ -80,7 +83,11 @@ class TrainerConfig:
     limit_train_batches: Optional[int] = None  # stop each epoch after this many batches
     limit_val_batches: Optional[int] = None  # validate on this many windows only
     limit_test_batches: Optional[int] = None  # test on this many windows only
-    log_interval: int = 50  # batches between console and TensorBoard training updates
+    log_interval: int = 50  # batches between console updates of the training loss
+    checkpoint_every: int = 500  # batches between writes of last.pt; last.pt is also written at every epoch end
+    # Stop once averaging is on and the non-monotone criterion fires again on
+    # the averaged weights' validation losses (finetuning).
+    stop_when_stalled: bool = False
     device: str = "auto"  # auto (CUDA when present), cpu, cuda or cuda:N
 
 
@@ -146,8 +153,20 @@ def validate(config: Config) -> None:
     _check(optim.wdecay >= 0, "optim.wdecay", optim.wdecay, "a number >= 0")
     _check(optim.nonmono >= 0, "optim.nonmono", optim.nonmono, "an integer >= 0")
     _check(0 < optim.lr_drop <= 1, "optim.lr_drop", optim.lr_drop, "a factor in (0, 1]")
+    _check(
+        optim.average_after is None or optim.average_after >= 0,
+        "optim.average_after",
+        optim.average_after,
+        "null or an integer >= 0",
+    )
+    _check(
+        optim.average_after is None or optim.name == "ntasgd",
+        "optim.average_after",
+        optim.average_after,
+        "null unless optim=ntasgd",
+    )
 
-    for key in ("epochs", "batch_size", "eval_batch_size", "test_batch_size", "log_interval"):
+    for key in ("epochs", "batch_size", "eval_batch_size", "test_batch_size", "log_interval", "checkpoint_every"):
         _check(getattr(trainer, key) >= 1, f"trainer.{key}", getattr(trainer, key), "an integer >= 1")
     _check(trainer.bptt >= 2, "trainer.bptt", trainer.bptt, "an integer >= 2")
     for key in ("clip", "alpha", "beta"):

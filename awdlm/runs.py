@@ -1,0 +1,83 @@
+"""Open a finished or interrupted run: its checkpoint, config, corpus and model.
+
+The entry points that start from a run (resume, finetune, evaluate,
+generate and the Python API) all go through these helpers, so they read
+checkpoints and report mismatches the same way.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+from omegaconf import DictConfig, OmegaConf
+
+from awdlm.config import Config, to_config
+from awdlm.data import Corpus, Vocabulary
+from awdlm.model.awd_lstm import AWDLSTM
+from awdlm.training.checkpoint import BEST_CHECKPOINT, CheckpointError, find_checkpoint, load_checkpoint
+from awdlm.training.trainer import build_model
+
+# Overrides that change where data lives or how progress is shown, never the numbers a run produces.
+LOCATION_KEYS = ("data_dir", "cache_dir", "dataset.path", "trainer.device", "trainer.log_interval")
+
+
+def checkpoint_config(state: dict[str, Any]) -> Config:
+    """Rebuild and validate the Config stored in a checkpoint."""
+    return to_config(OmegaConf.create(state["config"]))
+
+
+def with_overrides(config: Config, overrides: dict[str, Any]) -> Config:
+    """Return ``config`` with dotted keys replaced (``{"trainer.epochs": 3}``), validated again."""
+    merged = OmegaConf.structured(config)
+    for key, value in overrides.items():
+        OmegaConf.update(merged, key, value, merge=False)
+    return to_config(merged)
+
+
+def command_line_overrides(cfg: DictConfig, skip: tuple[str, ...]) -> dict[str, Any]:
+    """Return the keys set on the command line with their composed values, leaving out ``skip``.
+
+    A group choice such as ``dataset=wikitext2`` returns the whole composed
+    ``dataset`` node.
+    """
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    parsed = OverridesParser.create().parse_overrides(list(HydraConfig.get().overrides.task))
+    overrides: dict[str, Any] = {}
+    for override in parsed:
+        key = override.key_or_group
+        if key in skip or key.startswith("hydra."):
+            continue
+        value = OmegaConf.select(cfg, key)
+        overrides[key] = OmegaConf.to_container(value) if isinstance(value, DictConfig) else value
+    return overrides
+
+
+def check_vocabulary(corpus: Corpus, state: dict[str, Any], checkpoint: Path) -> None:
+    """Raise CheckpointError when the corpus was tokenized into another vocabulary than the checkpoint's."""
+    if corpus.vocab.itos != list(state["vocab"]):
+        raise CheckpointError(
+            f"the corpus has a vocabulary of {len(corpus.vocab)} words that differs from the "
+            f"{len(state['vocab'])} words of {checkpoint}; point data_dir=... or dataset.path=... "
+            f"at the corpus the model was trained on"
+        )
+
+
+def load_model(state: dict[str, Any], config: Config, device: torch.device) -> AWDLSTM:
+    """Build the model of ``config`` with the checkpoint's evaluated weights, in eval mode."""
+    model = build_model(config, len(state["vocab"])).to(device)
+    model.load_state_dict(state["eval_model"])
+    return model.eval()
+
+
+def open_checkpoint(location: Path, name: str = BEST_CHECKPOINT, device: str = "cpu") -> tuple[Path, dict[str, Any]]:
+    """Find and load a checkpoint: ``location`` is a checkpoint file or a run directory holding ``name``."""
+    path = find_checkpoint(Path(location), name)
+    return path, load_checkpoint(path, device)
+
+
+def vocabulary(state: dict[str, Any]) -> Vocabulary:
+    return Vocabulary(list(state["vocab"]))
