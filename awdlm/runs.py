@@ -29,7 +29,16 @@ def checkpoint_config(state: dict[str, Any]) -> Config:
 
 
 def with_overrides(config: Config, overrides: dict[str, Any]) -> Config:
-    """Return ``config`` with dotted keys replaced (``{"trainer.epochs": 3}``), validated again."""
+    """Return ``config`` with dotted keys replaced (``{"trainer.epochs": 3}``), validated again.
+
+    A stored config has ``dataset.path`` resolved, so a new ``data_dir`` also
+    moves a ``dataset.path`` that lay inside the old one.
+    """
+    overrides = dict(overrides)
+    if "data_dir" in overrides and "dataset.path" not in overrides:
+        old_path = Path(config.dataset.path)
+        if old_path.is_relative_to(config.data_dir):
+            overrides["dataset.path"] = str(Path(overrides["data_dir"]) / old_path.relative_to(config.data_dir))
     merged = OmegaConf.structured(config)
     for key, value in overrides.items():
         OmegaConf.update(merged, key, value, merge=False)

@@ -16,6 +16,10 @@ from awdlm.config import Config, to_config
 
 CONF_DIR = Path(awdlm.__file__).parent / "conf"
 
+# One intra-op thread in the test process as in its subprocesses: on a busy machine extra
+# OpenMP threads mostly wait for each other, and one thread keeps the sums in one order.
+torch.set_num_threads(1)
+
 # A model small enough to train for a few hundred batches in seconds on one CPU core.
 TINY = [
     "model.emsize=16",

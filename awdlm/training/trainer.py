@@ -184,6 +184,8 @@ class Trainer:
         self.progress: EpochProgress | None = None  # None between epochs
         self.epoch_metrics: dict[str, float] = {}  # the last finished epoch's scalars
         self.stalled = False
+        # Tested when no epoch improves on best_val_loss: the weights a finetuning run started from.
+        self.start_checkpoint: Path | None = None
         self.purge_step: int | None = None
         self.stop_request = StopRequest()
         self.writer: MetricsWriter | None = None
@@ -430,7 +432,15 @@ class Trainer:
     def finish(self) -> dict[str, float]:
         """Evaluate the best checkpoint on the test split and log the final metrics."""
         config = self.config
-        checkpoint = load_checkpoint(self.run_dir / BEST_CHECKPOINT, self.device)
+        best = self.run_dir / BEST_CHECKPOINT
+        if not best.is_file() and self.start_checkpoint is not None:
+            log.info(
+                "no epoch improved on the starting validation loss %.3f: testing %s",
+                self.best_val_loss,
+                self.start_checkpoint,
+            )
+            best = self.start_checkpoint
+        checkpoint = load_checkpoint(best, self.device)
         test_model = build_model(config, len(self.vocab)).to(self.device)
         test_model.load_state_dict(checkpoint["eval_model"])
         test_loss, test_tokens = evaluate(
@@ -481,6 +491,7 @@ class Trainer:
             "epoch_metrics": dict(self.epoch_metrics),
             "best_val_loss": self.best_val_loss,
             "stalled": self.stalled,
+            "start_checkpoint": None if self.start_checkpoint is None else str(self.start_checkpoint),
             "rng": {
                 "torch": torch.get_rng_state(),
                 "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
@@ -507,6 +518,7 @@ class Trainer:
         self.step = state["step"]
         self.best_val_loss = state["best_val_loss"]
         self.stalled = state["stalled"]
+        self.start_checkpoint = None if state["start_checkpoint"] is None else Path(state["start_checkpoint"])
         self.epoch_metrics = dict(state["epoch_metrics"])
         progress = state["progress"]
         self.progress = None if progress is None else EpochProgress.from_state_dict(progress, self.device)
