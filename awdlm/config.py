@@ -11,7 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field, fields, is_dataclass
 from typing import Any, Optional
 
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, OmegaConf, open_dict
 
 
 @dataclass
@@ -183,8 +183,16 @@ def validate(config: Config) -> None:
     )
 
 
+# Keys of `python -m awdlm.train` that choose what to do, not how to train: not part of a Config.
+COMMAND_KEYS = ("resume",)
+
+
 def to_config(cfg: DictConfig) -> Config:
     """Merge a composed Hydra config onto the schema, validate it and return dataclasses."""
+    cfg = cfg.copy()
+    with open_dict(cfg):
+        for key in COMMAND_KEYS:
+            cfg.pop(key, None)
     merged = OmegaConf.merge(OmegaConf.structured(Config), cfg)
     config = OmegaConf.to_object(merged)
     assert isinstance(config, Config)

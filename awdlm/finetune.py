@@ -35,7 +35,7 @@ from awdlm.config import ConfigError
 from awdlm.evaluation.scoring import evaluate, perplexity
 from awdlm.runs import check_vocabulary, checkpoint_config, command_line_overrides, open_checkpoint, with_overrides
 from awdlm.train import load_dataset
-from awdlm.training.checkpoint import BEST_CHECKPOINT, LAST_CHECKPOINT, CheckpointError, NonFiniteError, load_checkpoint
+from awdlm.training.checkpoint import BEST_CHECKPOINT, LAST_CHECKPOINT, load_checkpoint
 from awdlm.training.trainer import Trainer, TrainingInterrupted
 
 log = logging.getLogger("awdlm.finetune")
@@ -97,9 +97,6 @@ def main(cfg: DictConfig) -> float:
     except TrainingInterrupted as stop:
         log.warning("%s", stop)
         sys.exit(128 + stop.signum)
-    except (CheckpointError, ConfigError, NonFiniteError) as error:
-        log.error("%s", error)
-        sys.exit(1)
     return metrics["best/val_loss"]
 
 

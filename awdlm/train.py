@@ -32,7 +32,7 @@ from typing import Any
 import hydra
 from hydra.core.hydra_config import HydraConfig
 from hydra.utils import to_absolute_path
-from omegaconf import DictConfig, OmegaConf, open_dict
+from omegaconf import DictConfig, OmegaConf
 from tqdm.contrib.logging import logging_redirect_tqdm
 
 from awdlm.config import Config, ConfigError, flatten, to_config
@@ -40,7 +40,7 @@ from awdlm.data import Corpus, TokenizerSettings, load_corpus
 from awdlm.data.corpus import check_split_lengths
 from awdlm.data.download import ensure_dataset
 from awdlm.runs import LOCATION_KEYS, check_vocabulary, checkpoint_config, command_line_overrides, with_overrides
-from awdlm.training.checkpoint import LAST_CHECKPOINT, CheckpointError, NonFiniteError, find_checkpoint, load_checkpoint
+from awdlm.training.checkpoint import LAST_CHECKPOINT, CheckpointError, find_checkpoint, load_checkpoint
 from awdlm.training.trainer import RUN_CONFIG, Trainer, TrainingInterrupted
 
 log = logging.getLogger("awdlm.train")
@@ -89,13 +89,13 @@ def run(config: Config, run_dir: Path) -> dict[str, float]:
     return Trainer(config, corpus, run_dir).fit()
 
 
-def resume(run_dir: Path, overrides: dict[str, Any] | None = None) -> dict[str, float]:
-    """Continue the run in ``run_dir`` from its ``last.pt``; return the final metrics.
+def open_resume(run_dir: Path, overrides: dict[str, Any]) -> tuple[Path, dict[str, Any], Config]:
+    """Check a resume request without writing anything; return the checkpoint path, its state and the config.
 
-    ``overrides`` maps dotted keys to values. Every check runs before anything
-    is written, so a rejected resume leaves ``run_dir`` as it was.
+    Raises CheckpointError for a missing directory or checkpoint, or a
+    checkpoint whose config differs from the run's ``config.yaml``, and
+    ConfigError for an override outside RESUME_KEYS that changes a value.
     """
-    run_dir = Path(run_dir)
     if not run_dir.is_dir():
         raise CheckpointError(f"resume={run_dir}: run directory not found")
     path = find_checkpoint(run_dir, LAST_CHECKPOINT)
@@ -106,25 +106,38 @@ def resume(run_dir: Path, overrides: dict[str, Any] | None = None) -> dict[str, 
         differences = config_differences(saved, to_config(OmegaConf.load(recorded)), ignore=RESUME_KEYS)
         if differences:
             raise CheckpointError(
-                f"{path} does not belong to this run: its config differs from {recorded} in {differences}"
+                f"{path} does not belong to this run: its config differs from {recorded} "
+                f"in {', '.join(differences)}"
             )
+    saved_values = OmegaConf.structured(saved)
     rejected = {
         key: value
-        for key, value in (overrides or {}).items()
-        if key not in RESUME_KEYS and value != OmegaConf.select(OmegaConf.structured(saved), key)
+        for key, value in overrides.items()
+        if key not in RESUME_KEYS and value != OmegaConf.select(saved_values, key)
     }
     if rejected:
+        changes = ", ".join(f"{key}={value!r}" for key, value in rejected.items())
         raise ConfigError(
-            f"resume={run_dir} keeps the run's config, but the command line changes "
-            f"{', '.join(f'{k}={v!r}' for k, v in rejected.items())}; drop these overrides, "
-            f"or start a new run. Allowed on resume: {', '.join(RESUME_KEYS)}"
+            f"resume={run_dir} keeps the run's config, but the command line changes {changes}; "
+            f"drop these overrides, or start a new run. Allowed on resume: {', '.join(RESUME_KEYS)}"
         )
-    config = with_overrides(saved, overrides or {})
+    return path, state, with_overrides(saved, overrides)
+
+
+def resume(run_dir: Path, overrides: dict[str, Any] | None = None) -> dict[str, float]:
+    """Continue the run in ``run_dir`` from its ``last.pt``; return the final metrics.
+
+    ``overrides`` maps dotted keys to values. Every check runs before anything
+    is written, so a rejected resume leaves ``run_dir`` as it was.
+    """
+    run_dir = Path(run_dir)
+    path, state, config = open_resume(run_dir, overrides or {})
     corpus = load_dataset(config)
     check_vocabulary(corpus, state, path)
 
     trainer = Trainer(config, corpus, run_dir)
     trainer.restore(state)
+    # The resumed run's log continues the run's own log file.
     handler = logging.FileHandler(run_dir / "train.log")
     handler.setFormatter(logging.Formatter("[%(asctime)s][%(name)s][%(levelname)s] - %(message)s"))
     logging.getLogger().addHandler(handler)
@@ -139,8 +152,6 @@ def resume(run_dir: Path, overrides: dict[str, Any] | None = None) -> dict[str, 
 @hydra.main(version_base="1.3", config_path="conf", config_name="config")
 def main(cfg: DictConfig) -> float:
     resume_dir = cfg.get("resume")
-    with open_dict(cfg):
-        del cfg["resume"]
     try:
         with logging_redirect_tqdm():
             if resume_dir is not None:
@@ -153,9 +164,6 @@ def main(cfg: DictConfig) -> float:
     except TrainingInterrupted as stop:
         log.warning("%s", stop)
         sys.exit(128 + stop.signum)
-    except (CheckpointError, ConfigError, NonFiniteError) as error:
-        log.error("%s", error)
-        sys.exit(1)
     return metrics["best/val_loss"]
 
 

@@ -9,7 +9,6 @@ from pathlib import Path
 
 import torch
 from hydra import compose, initialize_config_dir
-from omegaconf import open_dict
 
 import awdlm
 from awdlm.config import Config, to_config
@@ -43,8 +42,6 @@ def compose_config(data_dir: Path, cache_dir: Path, overrides: list[str] = ()) -
             config_name="config",
             overrides=[f"data_dir={data_dir}", f"cache_dir={cache_dir}", *TINY, *overrides],
         )
-    with open_dict(cfg):
-        del cfg["resume"]
     return to_config(cfg)
 
 
@@ -58,7 +55,7 @@ def subprocess_env() -> dict[str, str]:
     return {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
 
 
-def run_module(module: str, run_dir: Path, *overrides: str, timeout: float = 300) -> subprocess.CompletedProcess:
+def run_module(module: str, run_dir: Path, *overrides: str, timeout: float = 900) -> subprocess.CompletedProcess:
     return subprocess.run(
         module_command(module, run_dir, *overrides),
         env=subprocess_env(),

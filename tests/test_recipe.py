@@ -222,3 +222,17 @@ def test_generate_cli_prints_sample(pretrained, tmp_path):
     assert result.returncode == 0, result.stderr[-3000:]
     expected = LanguageModel.load(pretrained, device="cpu").generate("the company said", 30, 0.8, seed=1)
     assert result.stdout == expected + "\n"
+
+
+def test_trainer_logs_bpc_for_chars(data_dir, cache_dir, tmp_path):
+    config = compose_config(data_dir, cache_dir, ["trainer.epochs=1", "trainer.limit_train_batches=5"])
+    # Until DatasetConfig has a `level` field, mark the corpus as character-level by hand.
+    config.dataset.level = "char"
+    metrics = Trainer(config, load_dataset(config), tmp_path / "run").fit()
+    assert metrics["test/bpc"] == pytest.approx(metrics["test/loss"] / math.log(2))
+
+    events = EventAccumulator(str(tmp_path / "run"))
+    events.Reload()
+    (val_bpc,) = events.Scalars("val/bpc")
+    (val_loss,) = events.Scalars("val/loss")
+    assert val_bpc.value == pytest.approx(val_loss.value / math.log(2))

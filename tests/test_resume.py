@@ -64,7 +64,7 @@ def start_training(run_dir: Path, data_dir: Path, cache_dir: Path) -> subprocess
     )
 
 
-def wait_for_step(process: subprocess.Popen, checkpoint: Path, step: int, timeout: float = 120) -> None:
+def wait_for_step(process: subprocess.Popen, checkpoint: Path, step: int, timeout: float = 900) -> None:
     """Poll ``last.pt`` until it records at least ``step`` optimizer steps."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -130,13 +130,13 @@ def test_sigterm_saves_and_resumes(reference_run, data_dir, cache_dir, tmp_path)
     try:
         wait_for_step(process, run_dir / "last.pt", BATCHES + 2)
         process.send_signal(signal.SIGTERM)
-        stdout, stderr = process.communicate(timeout=120)
+        stdout, stderr = process.communicate(timeout=900)
     finally:
         process.kill()
     assert process.returncode == 128 + signal.SIGTERM
     output = stdout + stderr  # Hydra logs to stdout
     assert f"Resume with: python -m awdlm.train resume={run_dir.resolve()}" in output
-    assert "SIGTERM stopped training at epoch 2" in output
+    assert "SIGTERM stopped training at " in output
 
     result = run_module("awdlm.train", tmp_path / "resume-invocation", f"resume={run_dir}", f"cache_dir={cache_dir}")
     assert result.returncode == 0, result.stderr[-3000:]
@@ -185,7 +185,7 @@ def test_resume_changed_override(finished_run, cache_dir):
 def test_resume_cli_missing_directory(tmp_path):
     result = run_module("awdlm.train", tmp_path / "invocation", f"resume={tmp_path / 'missing'}")
     assert result.returncode == 1
-    assert "run directory not found" in result.stdout + result.stderr
+    assert "run directory not found" in result.stderr
     assert not (tmp_path / "missing").exists()
 
 
