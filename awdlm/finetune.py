@@ -21,7 +21,6 @@ so both runs' TensorBoard curves line up.
 from __future__ import annotations
 
 import logging
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -29,14 +28,20 @@ import hydra
 from hydra.core.hydra_config import HydraConfig
 from hydra.utils import to_absolute_path
 from omegaconf import DictConfig
-from tqdm.contrib.logging import logging_redirect_tqdm
 
 from awdlm.config import ConfigError
 from awdlm.evaluation.scoring import evaluate, perplexity
-from awdlm.runs import check_vocabulary, checkpoint_config, command_line_overrides, open_checkpoint, with_overrides
+from awdlm.runs import (
+    check_vocabulary,
+    checkpoint_config,
+    command_line_overrides,
+    open_checkpoint,
+    training_session,
+    with_overrides,
+)
 from awdlm.train import load_dataset
 from awdlm.training.checkpoint import BEST_CHECKPOINT, LAST_CHECKPOINT, load_checkpoint
-from awdlm.training.trainer import Trainer, TrainingInterrupted
+from awdlm.training.trainer import Trainer
 
 log = logging.getLogger("awdlm.finetune")
 
@@ -91,12 +96,8 @@ def last_epoch(path: Path, state: dict[str, Any]) -> int:
 def main(cfg: DictConfig) -> float:
     run_dir = Path(HydraConfig.get().runtime.output_dir)
     overrides = command_line_overrides(cfg, skip=("run", "checkpoint", "resume"))
-    try:
-        with logging_redirect_tqdm():
-            metrics = finetune(Path(to_absolute_path(cfg.run)), run_dir, overrides, cfg.checkpoint)
-    except TrainingInterrupted as stop:
-        log.warning("%s", stop)
-        sys.exit(128 + stop.signum)
+    with training_session():
+        metrics = finetune(Path(to_absolute_path(cfg.run)), run_dir, overrides, cfg.checkpoint)
     return metrics["best/val_loss"]
 
 

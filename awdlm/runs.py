@@ -7,17 +7,24 @@ checkpoints and report mismatches the same way.
 
 from __future__ import annotations
 
+import logging
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import torch
 from omegaconf import DictConfig, OmegaConf
+from tqdm.contrib.logging import logging_redirect_tqdm
 
 from awdlm.config import Config, to_config
 from awdlm.data import Corpus, Vocabulary
 from awdlm.model.awd_lstm import AWDLSTM
 from awdlm.training.checkpoint import BEST_CHECKPOINT, CheckpointError, find_checkpoint, load_checkpoint
-from awdlm.training.trainer import build_model
+from awdlm.training.trainer import TrainingInterrupted, build_model
+
+log = logging.getLogger(__name__)
 
 # Overrides that change where data lives or how progress is shown, never the numbers a run produces.
 LOCATION_KEYS = ("data_dir", "cache_dir", "dataset.path", "trainer.device", "trainer.log_interval")
@@ -86,6 +93,17 @@ def open_checkpoint(location: Path, name: str = BEST_CHECKPOINT, device: str = "
     """Find and load a checkpoint: ``location`` is a checkpoint file or a run directory holding ``name``."""
     path = find_checkpoint(Path(location), name)
     return path, load_checkpoint(path, device)
+
+
+@contextmanager
+def training_session() -> Iterator[None]:
+    """Route log records around the progress bar; exit with 128 + the signal number when a signal stops training."""
+    try:
+        with logging_redirect_tqdm():
+            yield
+    except TrainingInterrupted as stop:
+        log.warning("%s", stop)
+        sys.exit(128 + stop.signum)
 
 
 def vocabulary(state: dict[str, Any]) -> Vocabulary:

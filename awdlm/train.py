@@ -25,7 +25,6 @@ be overridden on resume.
 from __future__ import annotations
 
 import logging
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -33,15 +32,21 @@ import hydra
 from hydra.core.hydra_config import HydraConfig
 from hydra.utils import to_absolute_path
 from omegaconf import DictConfig, OmegaConf
-from tqdm.contrib.logging import logging_redirect_tqdm
 
 from awdlm.config import Config, ConfigError, flatten, to_config
 from awdlm.data import Corpus, TokenizerSettings, load_corpus
 from awdlm.data.corpus import check_split_lengths
 from awdlm.data.download import ensure_dataset
-from awdlm.runs import LOCATION_KEYS, check_vocabulary, checkpoint_config, command_line_overrides, with_overrides
+from awdlm.runs import (
+    LOCATION_KEYS,
+    check_vocabulary,
+    checkpoint_config,
+    command_line_overrides,
+    training_session,
+    with_overrides,
+)
 from awdlm.training.checkpoint import LAST_CHECKPOINT, CheckpointError, find_checkpoint, load_checkpoint
-from awdlm.training.trainer import RUN_CONFIG, Trainer, TrainingInterrupted
+from awdlm.training.trainer import RUN_CONFIG, Trainer
 
 log = logging.getLogger("awdlm.train")
 
@@ -152,18 +157,14 @@ def resume(run_dir: Path, overrides: dict[str, Any] | None = None) -> dict[str, 
 @hydra.main(version_base="1.3", config_path="conf", config_name="config")
 def main(cfg: DictConfig) -> float:
     resume_dir = cfg.get("resume")
-    try:
-        with logging_redirect_tqdm():
-            if resume_dir is not None:
-                overrides = command_line_overrides(cfg, skip=("resume",))
-                metrics = resume(Path(to_absolute_path(resume_dir)), overrides)
-            else:
-                run_dir = Path(HydraConfig.get().runtime.output_dir)
-                log.info("run directory %s", run_dir)
-                metrics = run(to_config(cfg), run_dir)
-    except TrainingInterrupted as stop:
-        log.warning("%s", stop)
-        sys.exit(128 + stop.signum)
+    with training_session():
+        if resume_dir is not None:
+            overrides = command_line_overrides(cfg, skip=("resume",))
+            metrics = resume(Path(to_absolute_path(resume_dir)), overrides)
+        else:
+            run_dir = Path(HydraConfig.get().runtime.output_dir)
+            log.info("run directory %s", run_dir)
+            metrics = run(to_config(cfg), run_dir)
     return metrics["best/val_loss"]
 
 
