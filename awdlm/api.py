@@ -19,7 +19,8 @@ from pathlib import Path
 
 import torch
 
-from awdlm.data import EOS, UNK, Vocabulary
+from awdlm.data import EOS, UNK, TokenizerSettings, Vocabulary
+from awdlm.data.tokenize import tokenize_line
 from awdlm.model.awd_lstm import AWDLSTM, Hidden
 from awdlm.runs import checkpoint_config, load_model, open_checkpoint, vocabulary
 from awdlm.training.checkpoint import BEST_CHECKPOINT
@@ -32,7 +33,7 @@ log = logging.getLogger(__name__)
 class SentenceScore:
     """Log-probabilities (natural log) of a sentence's tokens, each given all tokens before it."""
 
-    tokens: list[str]  # the scored tokens: the words, with <unk> for unknown ones, then <eos>
+    tokens: list[str]  # the scored tokens, with <unk> for unknown ones, then <eos>
     log_probs: list[float]  # one value per token
     total_log_prob: float  # sum of log_probs
 
@@ -42,25 +43,30 @@ class SentenceScore:
 
 
 class LanguageModel:
-    """A trained AWD-LSTM and its vocabulary, in eval mode on one device."""
+    """A trained AWD-LSTM, its vocabulary and tokenizer, in eval mode on one device."""
 
-    def __init__(self, model: AWDLSTM, vocab: Vocabulary, device: torch.device) -> None:
+    def __init__(
+        self, model: AWDLSTM, vocab: Vocabulary, device: torch.device, tokenizer: str = "whitespace"
+    ) -> None:
         self.model = model.eval()
         self.vocab = vocab
         self.device = device
+        self.tokenizer = tokenizer  # whitespace (one token a word) or chars (one token a character)
 
     @classmethod
     def load(cls, run: str | Path, checkpoint: str = BEST_CHECKPOINT, device: str = "auto") -> LanguageModel:
         """Load ``run``: a run directory (its ``checkpoint`` file is read) or a checkpoint file."""
         resolved = resolve_device(device)
         path, state = open_checkpoint(Path(run), checkpoint, resolved)
-        model = load_model(state, checkpoint_config(state), resolved)
+        config = checkpoint_config(state)
+        model = load_model(state, config, resolved)
+        tokenizer = TokenizerSettings.for_level(config.dataset.level, config.dataset.tokenizer).tokenizer
         log.info("loaded %s (epoch %d) on %s", path, state["epoch"], resolved)
-        return cls(model, vocabulary(state), resolved)
+        return cls(model, vocabulary(state), resolved, tokenizer)
 
     def encode(self, text: str) -> tuple[list[str], torch.Tensor]:
-        """Split ``text`` on whitespace and map it to ids; unknown words become ``<unk>`` with a warning."""
-        words = text.split()
+        """Tokenize ``text`` as the training corpus was and map it to ids; unknown tokens become ``<unk>`` with a warning."""
+        words = tokenize_line(text, self.tokenizer)
         unknown = sorted({word for word in words if word not in self.vocab.stoi})
         if unknown:
             if UNK not in self.vocab.stoi:
@@ -112,5 +118,8 @@ class LanguageModel:
             word = torch.multinomial(probs, 1, generator=generator)  # (1,)
             sampled.append(self.vocab.itos[word.item()])
             context = word.view(1, 1)
+        if self.tokenizer == "chars":
+            # Character tokens include the space token, so they join without a separator.
+            return prompt.strip() + "".join("\n" if token == EOS else token for token in sampled)
         text = " ".join([prompt.strip(), *sampled]) if prompt.strip() else " ".join(sampled)
         return text.replace(f" {EOS} ", "\n").replace(f" {EOS}", "\n").replace(EOS, "\n")

@@ -70,9 +70,8 @@ def evaluate_run(config: EvaluateConfig) -> dict[str, Any]:
 
     loss, tokens = mean_loss(log_probs)
     result: dict[str, Any] = {"loss": loss, "ppl": perplexity(loss), "tokens": tokens, "method": method}
-    level = getattr(train_config.dataset, "level", "word")
     bpc = ""
-    if level == "char":
+    if train_config.dataset.level == "char":
         result["bpc"] = bits_per_character(loss)
         bpc = f" bpc {result['bpc']:.4f}"
     log.info(

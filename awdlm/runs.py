@@ -27,7 +27,15 @@ from awdlm.training.trainer import TrainingInterrupted, build_model
 log = logging.getLogger(__name__)
 
 # Overrides that change where data lives or how progress is shown, never the numbers a run produces.
-LOCATION_KEYS = ("data_dir", "cache_dir", "dataset.path", "trainer.device", "trainer.log_interval")
+LOCATION_KEYS = (
+    "data_dir",
+    "cache_dir",
+    "dataset.path",
+    "dataset.download",
+    "dataset.sources",
+    "trainer.device",
+    "trainer.log_interval",
+)
 
 
 def checkpoint_config(state: dict[str, Any]) -> Config:

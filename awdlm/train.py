@@ -17,9 +17,9 @@ best checkpoint (``best.pt``) and resume point (``last.pt``) into its Hydra
 output directory under ``outputs/``. SIGINT or SIGTERM saves ``last.pt`` at the
 next batch boundary and exits; ``resume=<run dir>`` continues from it with the
 run's own config. Only the keys that do not change the numbers
-(``data_dir``, ``cache_dir``, ``dataset.path``, ``trainer.device``,
-``trainer.log_interval``, ``trainer.checkpoint_every``, ``trainer.epochs``) may
-be overridden on resume.
+(``data_dir``, ``cache_dir``, ``dataset.path``, ``dataset.download``,
+``dataset.sources``, ``trainer.device``, ``trainer.log_interval``,
+``trainer.checkpoint_every``, ``trainer.epochs``) may be overridden on resume.
 """
 
 from __future__ import annotations

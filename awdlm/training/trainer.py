@@ -165,7 +165,7 @@ class Trainer:
 
         torch.manual_seed(config.seed)
         self.vocab = corpus.vocab
-        self.level = getattr(config.dataset, "level", "word")
+        self.level = config.dataset.level
         self.train_data = batchify(corpus.train, trainer.batch_size).to(self.device)  # (N, B)
         self.val_data = batchify(corpus.valid, trainer.eval_batch_size).to(self.device)
         self.test_data = batchify(corpus.test, trainer.test_batch_size).to(self.device)
