@@ -11,7 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field, fields, is_dataclass
 from typing import Any, Optional
 
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, OmegaConf, open_dict
 
 
 @dataclass
@@ -63,6 +63,9 @@ class OptimConfig:
     nonmono: int = 5  # NT-ASGD: recent validation losses ignored when testing for no improvement
     when: list[int] = field(default_factory=list)  # epochs after which lr is multiplied by lr_drop
     lr_drop: float = 0.1  # factor applied to lr at each epoch in `when`
+    # NT-ASGD: start averaging after this many epochs, whatever the validation loss does.
+    # 0 averages from the first step (finetuning). null leaves the switch to the criterion.
+    average_after: Optional[int] = None
 
 
 @dataclass
@@ -80,7 +83,11 @@ class TrainerConfig:
     limit_train_batches: Optional[int] = None  # stop each epoch after this many batches
     limit_val_batches: Optional[int] = None  # validate on this many windows only
     limit_test_batches: Optional[int] = None  # test on this many windows only
-    log_interval: int = 50  # batches between console and TensorBoard training updates
+    log_interval: int = 50  # batches between console updates of the training loss
+    checkpoint_every: int = 500  # batches between writes of last.pt; last.pt is also written at every epoch end
+    # Stop once averaging is on and the non-monotone criterion fires again on
+    # the averaged weights' validation losses (finetuning).
+    stop_when_stalled: bool = False
     device: str = "auto"  # auto (CUDA when present), cpu, cuda or cuda:N
 
 
@@ -146,8 +153,20 @@ def validate(config: Config) -> None:
     _check(optim.wdecay >= 0, "optim.wdecay", optim.wdecay, "a number >= 0")
     _check(optim.nonmono >= 0, "optim.nonmono", optim.nonmono, "an integer >= 0")
     _check(0 < optim.lr_drop <= 1, "optim.lr_drop", optim.lr_drop, "a factor in (0, 1]")
+    _check(
+        optim.average_after is None or optim.average_after >= 0,
+        "optim.average_after",
+        optim.average_after,
+        "null or an integer >= 0",
+    )
+    _check(
+        optim.average_after is None or optim.name == "ntasgd",
+        "optim.average_after",
+        optim.average_after,
+        "null unless optim=ntasgd",
+    )
 
-    for key in ("epochs", "batch_size", "eval_batch_size", "test_batch_size", "log_interval"):
+    for key in ("epochs", "batch_size", "eval_batch_size", "test_batch_size", "log_interval", "checkpoint_every"):
         _check(getattr(trainer, key) >= 1, f"trainer.{key}", getattr(trainer, key), "an integer >= 1")
     _check(trainer.bptt >= 2, "trainer.bptt", trainer.bptt, "an integer >= 2")
     for key in ("clip", "alpha", "beta"):
@@ -164,8 +183,16 @@ def validate(config: Config) -> None:
     )
 
 
+# Keys of `python -m awdlm.train` that choose what to do, not how to train: not part of a Config.
+COMMAND_KEYS = ("resume",)
+
+
 def to_config(cfg: DictConfig) -> Config:
     """Merge a composed Hydra config onto the schema, validate it and return dataclasses."""
+    cfg = cfg.copy()
+    with open_dict(cfg):
+        for key in COMMAND_KEYS:
+            cfg.pop(key, None)
     merged = OmegaConf.merge(OmegaConf.structured(Config), cfg)
     config = OmegaConf.to_object(merged)
     assert isinstance(config, Config)
@@ -186,3 +213,80 @@ def flatten(config: Any, prefix: str = "") -> dict[str, Any]:
         else:
             flat[key] = str(value)
     return flat
+
+
+@dataclass
+class CacheConfig:
+    """Continuous cache pointer (Grave, Joulin and Usunier, 2017) mixed into the model's distribution."""
+
+    enabled: bool = False
+    window: int = 500  # past hidden states kept per column; each is paired with the word that followed it
+    theta: float = 1.0  # inverse temperature of the attention over the cached hidden states
+    lambdah: float = 0.1  # weight of the cache distribution in the mixture; 0 gives the plain model
+
+
+@dataclass
+class DynamicConfig:
+    """Dynamic evaluation (Krause, Kahembwe, Murray and Renals, 2018): adapt to each segment after scoring it."""
+
+    enabled: bool = False
+    rule: str = "rms"  # sgd: plain gradient step; rms: step divided by the training gradients' RMS
+    lr: float = 2e-5  # step size of the adaptation
+    decay: float = 0.02  # lambda: pull toward the trained weights at every step; 0 disables it
+    epsilon: float = 1e-3  # rms only: added to the gradient RMS before dividing
+    bptt: int = 5  # tokens per segment; the weights change after every segment
+    stat_batches: int = 100  # rms only: training windows used to measure the gradient RMS
+
+
+@dataclass
+class EvaluateConfig:
+    """One evaluation of a trained model (``python -m awdlm.evaluate``)."""
+
+    run: str = "???"  # run directory, or the path of a checkpoint file
+    checkpoint: str = "best.pt"  # file inside the run directory
+    split: str = "test"  # valid or test
+    batch_size: int = 1  # evaluation columns
+    bptt: Optional[int] = None  # window length of plain and cache scoring; null: the run's trainer.bptt
+    limit_batches: Optional[int] = None  # score this many windows only (segments with dynamic evaluation)
+    device: str = "auto"  # auto (CUDA when present), cpu, cuda or cuda:N
+    data_dir: Optional[str] = None  # folder with the corpora; null: the run's data_dir
+    cache_dir: Optional[str] = None  # tokenized-corpus cache; null: the run's cache_dir
+    cache: CacheConfig = field(default_factory=CacheConfig)
+    dynamic: DynamicConfig = field(default_factory=DynamicConfig)
+
+
+def validate_evaluate(config: EvaluateConfig) -> None:
+    """Raise ConfigError naming the first out-of-range evaluation value and its override."""
+    _check(config.split in ("valid", "test"), "split", config.split, "valid or test")
+    _check(config.batch_size >= 1, "batch_size", config.batch_size, "an integer >= 1")
+    _check(config.bptt is None or config.bptt >= 1, "bptt", config.bptt, "null or an integer >= 1")
+    _check(
+        config.limit_batches is None or config.limit_batches >= 1,
+        "limit_batches",
+        config.limit_batches,
+        "null or an integer >= 1",
+    )
+    cache, dynamic = config.cache, config.dynamic
+    _check(cache.window >= 1, "cache.window", cache.window, "an integer >= 1")
+    _check(cache.theta >= 0, "cache.theta", cache.theta, "a number >= 0")
+    _check(0 <= cache.lambdah < 1, "cache.lambdah", cache.lambdah, "a weight in [0, 1)")
+    _check(dynamic.rule in ("sgd", "rms"), "dynamic.rule", dynamic.rule, "sgd or rms")
+    _check(dynamic.lr > 0, "dynamic.lr", dynamic.lr, "a number > 0")
+    _check(0 <= dynamic.decay < 1, "dynamic.decay", dynamic.decay, "a rate in [0, 1)")
+    _check(dynamic.epsilon > 0, "dynamic.epsilon", dynamic.epsilon, "a number > 0")
+    _check(dynamic.bptt >= 1, "dynamic.bptt", dynamic.bptt, "an integer >= 1")
+    _check(dynamic.stat_batches >= 1, "dynamic.stat_batches", dynamic.stat_batches, "an integer >= 1")
+    _check(
+        not (cache.enabled and dynamic.enabled),
+        "dynamic.enabled",
+        dynamic.enabled,
+        "false while cache.enabled=true, because the two are not combined",
+    )
+
+
+def to_evaluate_config(cfg: DictConfig) -> EvaluateConfig:
+    """Merge a composed ``evaluate`` config onto the schema, validate it and return dataclasses."""
+    config = OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(EvaluateConfig), cfg))
+    assert isinstance(config, EvaluateConfig)
+    validate_evaluate(config)
+    return config

@@ -2,8 +2,15 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from torch import nn
 from torch.optim.swa_utils import AveragedModel
+
+
+def stalled(history: list[float], val_loss: float, nonmono: int) -> bool:
+    """Return True when ``val_loss`` is worse than the best of ``history`` except its last ``nonmono``."""
+    return len(history) > nonmono and val_loss > min(history[: len(history) - nonmono])
 
 
 class NonMonotoneAveraging:
@@ -27,11 +34,7 @@ class NonMonotoneAveraging:
 
     def observe(self, val_loss: float) -> bool:
         """Record a validation loss; return True when it should trigger averaging."""
-        trigger = (
-            not self.active
-            and len(self.history) > self.nonmono
-            and val_loss > min(self.history[: len(self.history) - self.nonmono])
-        )
+        trigger = not self.active and stalled(self.history, val_loss, self.nonmono)
         self.history.append(val_loss)
         return trigger
 
@@ -46,3 +49,17 @@ class NonMonotoneAveraging:
     def eval_model(self, model: nn.Module) -> nn.Module:
         """Return the model whose weights evaluation and checkpoints use."""
         return self.averaged.module if self.averaged is not None else model
+
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "history": list(self.history),
+            "averaged": None if self.averaged is None else self.averaged.state_dict(),
+        }
+
+    def load_state_dict(self, state: dict[str, Any], model: nn.Module) -> None:
+        """Restore the history and, when averaging had started, the running average of ``model``."""
+        self.history = list(state["history"])
+        self.averaged = None
+        if state["averaged"] is not None:
+            self.start(model)
+            self.averaged.load_state_dict(state["averaged"])

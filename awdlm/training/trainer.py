@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import logging
 import math
+import signal
+import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -16,19 +19,29 @@ from tqdm import tqdm
 
 from awdlm.config import Config, flatten
 from awdlm.data import BPTTSampler, Corpus, batchify, get_batch
+from awdlm.evaluation.scoring import bits_per_character, evaluate, perplexity
 from awdlm.metrics import MetricsWriter
 from awdlm.model.awd_lstm import (
     AWDLSTM,
+    Hidden,
     activation_regularization,
     detach_hidden,
     temporal_activation_regularization,
 )
-from awdlm.serialization import save_atomic
-from awdlm.training.averaging import NonMonotoneAveraging
+from awdlm.training.averaging import NonMonotoneAveraging, stalled
+from awdlm.training.checkpoint import (
+    BEST_CHECKPOINT,
+    LAST_CHECKPOINT,
+    NonFiniteError,
+    load_checkpoint,
+    save_checkpoint,
+)
 
 log = logging.getLogger(__name__)
 
-BEST_CHECKPOINT = "best.pt"
+RUN_CONFIG = "config.yaml"  # the resolved config of the run, beside its checkpoints
+
+__all__ = ["BEST_CHECKPOINT", "LAST_CHECKPOINT", "Trainer", "TrainingInterrupted", "evaluate", "perplexity"]
 
 
 def build_model(config: Config, ntoken: int) -> AWDLSTM:
@@ -61,32 +74,45 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
-@torch.no_grad()
-def evaluate(model: AWDLSTM, source: Tensor, bptt: int, limit: int | None = None) -> tuple[float, int]:
-    """Return the mean cross-entropy per token (nats) over ``source`` and the tokens scored.
-
-    ``source`` is batchified, ``(N, B)``; it is read in fixed windows of
-    ``bptt`` rows with the hidden state carried across windows.
-    """
-    model.eval()
-    hidden = model.init_hidden(source.size(1))
-    total_loss = torch.zeros((), device=source.device, dtype=torch.float64)
-    tokens = 0
-    for window, i in enumerate(range(0, source.size(0) - 1, bptt)):
-        if limit is not None and window >= limit:
-            break
-        inputs, targets = get_batch(source, i, bptt)  # (T, B) each
-        output = model(inputs, hidden)
-        hidden = output.hidden
-        logits = output.logits.view(-1, model.ntoken)  # (T * B, V)
-        total_loss += F.cross_entropy(logits, targets.reshape(-1), reduction="sum")
-        tokens += targets.numel()
-    return total_loss.item() / tokens, tokens
+def config_to_dict(config: Config) -> dict[str, Any]:
+    return OmegaConf.to_container(OmegaConf.structured(config))
 
 
-def perplexity(loss: float) -> float:
-    """exp(loss), saturating at inf instead of raising on overflow."""
-    return math.exp(loss) if loss < 700 else math.inf
+class TrainingInterrupted(Exception):
+    """SIGINT or SIGTERM stopped training after a checkpoint was saved."""
+
+    def __init__(self, message: str, signum: int) -> None:
+        super().__init__(message)
+        self.signum = signum
+
+
+@dataclass
+class EpochProgress:
+    """Position in the current epoch, saved in ``last.pt`` so that a resumed run continues mid-epoch."""
+
+    row: int = 0  # first row of the next BPTT window in the training columns
+    batches: int = 0  # optimizer steps taken in this epoch
+    hidden: Hidden | None = None  # state carried into the next window; None until the first batch
+    total_loss: float = 0.0  # sum over the epoch's tokens of the cross-entropy (nats), without AR/TAR
+    tokens: int = 0
+    seconds: float = 0.0  # training time spent in this epoch, excluding validation
+
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "row": self.row,
+            "batches": self.batches,
+            "hidden": None if self.hidden is None else [list(pair) for pair in self.hidden],
+            "total_loss": self.total_loss,
+            "tokens": self.tokens,
+            "seconds": self.seconds,
+        }
+
+    @classmethod
+    def from_state_dict(cls, state: dict[str, Any], device: torch.device) -> EpochProgress:
+        hidden = state["hidden"]
+        if hidden is not None:
+            hidden = [(h.to(device), c.to(device)) for h, c in hidden]
+        return cls(state["row"], state["batches"], hidden, state["total_loss"], state["tokens"], state["seconds"])
 
 
 @dataclass
@@ -96,10 +122,42 @@ class EpochResult:
     seconds: float
 
 
-class Trainer:
-    """Train an AWD-LSTM on a corpus and write logs and checkpoints into ``run_dir``."""
+@dataclass
+class StopRequest:
+    """The signal received since the last batch boundary, if any."""
 
-    def __init__(self, config: Config, corpus: Corpus, run_dir: Path) -> None:
+    signum: int | None = None
+    previous: dict[int, Any] = field(default_factory=dict)
+
+    def install(self) -> None:
+        if threading.current_thread() is not threading.main_thread():
+            log.debug("not on the main thread: SIGINT and SIGTERM keep their handlers")
+            return
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            self.previous[signum] = signal.signal(signum, self.handle)
+
+    def restore(self) -> None:
+        for signum, handler in self.previous.items():
+            signal.signal(signum, handler)
+        self.previous.clear()
+
+    def handle(self, signum: int, frame: Any) -> None:
+        if self.signum is None:
+            log.warning("%s received: saving a checkpoint at the next batch boundary", signal.Signals(signum).name)
+        self.signum = signum
+
+
+class Trainer:
+    """Train an AWD-LSTM on a corpus and write logs and checkpoints into ``run_dir``.
+
+    ``last.pt`` is written every ``trainer.checkpoint_every`` batches, at every
+    epoch end and when SIGINT or SIGTERM arrives. :meth:`restore` loads it so
+    that the resumed run takes exactly the steps the uninterrupted one would.
+    ``first_epoch`` numbers the epochs of a run that continues another one
+    (finetuning), so its curves continue the earlier run's.
+    """
+
+    def __init__(self, config: Config, corpus: Corpus, run_dir: Path, first_epoch: int = 1) -> None:
         self.config = config
         self.run_dir = Path(run_dir)
         self.device = resolve_device(config.trainer.device)
@@ -107,6 +165,7 @@ class Trainer:
 
         torch.manual_seed(config.seed)
         self.vocab = corpus.vocab
+        self.level = config.dataset.level
         self.train_data = batchify(corpus.train, trainer.batch_size).to(self.device)  # (N, B)
         self.val_data = batchify(corpus.valid, trainer.eval_batch_size).to(self.device)
         self.test_data = batchify(corpus.test, trainer.test_batch_size).to(self.device)
@@ -119,64 +178,89 @@ class Trainer:
         self.averaging = NonMonotoneAveraging(config.optim.nonmono)
         self.sampler = BPTTSampler(trainer.bptt, config.seed)
         self.best_val_loss = math.inf
-        self.epoch = 0
+        self.first_epoch = first_epoch
+        self.epoch = first_epoch - 1  # the epoch in progress, or the last one finished
+        self.step = 0  # optimizer steps over the whole run
+        self.progress: EpochProgress | None = None  # None between epochs
+        self.epoch_metrics: dict[str, float] = {}  # the last finished epoch's scalars
+        self.stalled = False
+        # Tested when no epoch improves on best_val_loss: the weights a finetuning run started from.
+        self.start_checkpoint: Path | None = None
+        self.purge_step: int | None = None
+        self.stop_request = StopRequest()
         self.writer: MetricsWriter | None = None
+
+    @property
+    def last_epoch(self) -> int:
+        return self.first_epoch + self.config.trainer.epochs - 1
+
+    @property
+    def last_checkpoint(self) -> Path:
+        return self.run_dir / LAST_CHECKPOINT
 
     # -- one epoch ---------------------------------------------------------
 
     def train_epoch(self) -> EpochResult:
-        """Run one pass over the training columns with variable-length BPTT."""
+        """Run the rest of the current epoch's pass over the training columns with variable-length BPTT."""
         trainer = self.config.trainer
-        model, optimizer = self.model, self.optimizer
-        model.train()
-        hidden = model.init_hidden(trainer.batch_size)
+        progress = self.progress
+        self.model.train()
+        if progress.hidden is None:
+            progress.hidden = self.model.init_hidden(trainer.batch_size)
         limit = trainer.limit_train_batches
         rows = self.train_data.size(0)
-        total_tokens = (rows - 1) * trainer.batch_size
 
-        total_loss = torch.zeros((), device=self.device, dtype=torch.float64)
         interval_loss = torch.zeros((), device=self.device, dtype=torch.float64)
-        tokens = interval_tokens = batches = 0
+        interval_tokens = 0
         start = interval_start = time.perf_counter()
-        bar = tqdm(total=total_tokens, desc=f"epoch {self.epoch}", unit="tok", unit_scale=True, leave=False)
-        i = 0
-        while i < rows - 2 and (limit is None or batches < limit):
+        bar = tqdm(
+            total=(rows - 1) * trainer.batch_size,
+            initial=progress.row * trainer.batch_size,
+            desc=f"epoch {self.epoch}",
+            unit="tok",
+            unit_scale=True,
+            leave=False,
+        )
+        while progress.row < rows - 2 and (limit is None or progress.batches < limit):
+            self.stop_if_requested(progress.seconds + time.perf_counter() - start)
             seq_len = self.sampler.sample()
-            inputs, targets = get_batch(self.train_data, i, seq_len)  # (T, B) each
-            hidden, raw_loss = self.train_step(inputs, targets, detach_hidden(hidden))
+            inputs, targets = get_batch(self.train_data, progress.row, seq_len)  # (T, B) each
+            hidden, raw_loss = self.train_step(inputs, targets, progress.hidden)
 
             batch_tokens = targets.numel()
-            total_loss += raw_loss.detach() * batch_tokens
+            progress.hidden = detach_hidden(hidden)
+            progress.total_loss += raw_loss.item() * batch_tokens
+            progress.tokens += batch_tokens
+            progress.batches += 1
+            progress.row += inputs.size(0)
+            self.step += 1
             interval_loss += raw_loss.detach() * batch_tokens
-            tokens += batch_tokens
             interval_tokens += batch_tokens
-            batches += 1
-            i += inputs.size(0)
             bar.update(batch_tokens)
 
-            if batches % trainer.log_interval == 0:
-                loss = interval_loss.item() / interval_tokens  # the one host sync per interval
+            if progress.batches % trainer.log_interval == 0:
+                loss = interval_loss.item() / interval_tokens
                 elapsed = time.perf_counter() - interval_start
                 bar.set_postfix(
                     loss=f"{loss:.3f}",
                     ppl=f"{perplexity(loss):.1f}",
-                    lr=f"{optimizer.param_groups[0]['lr']:.3g}",
+                    lr=f"{self.optimizer.param_groups[0]['lr']:.3g}",
                     ms_per_batch=f"{1000 * elapsed / trainer.log_interval:.0f}",
                 )
                 interval_loss.zero_()
                 interval_tokens = 0
                 interval_start = time.perf_counter()
+            if self.step % trainer.checkpoint_every == 0:
+                progress.seconds += time.perf_counter() - start
+                start = time.perf_counter()
+                self.save_last()
         bar.close()
-        return EpochResult(total_loss.item() / max(tokens, 1), tokens, time.perf_counter() - start)
+        progress.seconds += time.perf_counter() - start
+        return EpochResult(progress.total_loss / max(progress.tokens, 1), progress.tokens, progress.seconds)
 
-    def train_step(self, inputs: Tensor, targets: Tensor, hidden) -> tuple[list, Tensor]:
-        """One forward, backward, clip and optimizer step; returns the new hidden state and the raw loss."""
+    def compute_loss(self, inputs: Tensor, targets: Tensor, hidden: Hidden) -> tuple[Hidden, Tensor, Tensor]:
+        """Run the forward pass; return the new hidden state, the raw loss and the loss with AR/TAR."""
         trainer = self.config.trainer
-        group = self.optimizer.param_groups[0]
-        base_lr = group["lr"]
-        # Shorter windows carry less gradient signal, so the step size follows the length.
-        group["lr"] = base_lr * inputs.size(0) / trainer.bptt
-
         output = self.model(inputs, hidden)
         logits = output.logits.view(-1, self.model.ntoken)  # (T * B, V)
         raw_loss = F.cross_entropy(logits, targets.reshape(-1))
@@ -185,23 +269,78 @@ class Trainer:
             loss = loss + activation_regularization(output.last_dropped, trainer.alpha)
         if trainer.beta:
             loss = loss + temporal_activation_regularization(output.last_raw, trainer.beta)
+        return output.hidden, raw_loss, loss
+
+    def train_step(self, inputs: Tensor, targets: Tensor, hidden: Hidden) -> tuple[Hidden, Tensor]:
+        """One forward, backward, clip and optimizer step; returns the new hidden state and the raw loss.
+
+        Raises NonFiniteError before the optimizer step when the loss or the
+        gradient norm is NaN or infinite, so the weights stay as they were.
+        """
+        trainer = self.config.trainer
+        hidden, raw_loss, loss = self.compute_loss(inputs, targets, hidden)
 
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
+        parameters = [p for p in self.model.parameters() if p.grad is not None]
         if trainer.clip:
-            nn.utils.clip_grad_norm_(self.model.parameters(), trainer.clip)
+            grad_norm = nn.utils.clip_grad_norm_(parameters, trainer.clip)
+        else:
+            grad_norm = nn.utils.get_total_norm([p.grad for p in parameters])
+        # One host sync per step: both values must be finite before the weights change.
+        if not torch.isfinite(torch.stack([loss.detach().float(), grad_norm.float()])).all():
+            self.raise_non_finite(loss.item(), grad_norm.item())
+
+        group = self.optimizer.param_groups[0]
+        base_lr = group["lr"]
+        # Shorter windows carry less gradient signal, so the step size follows the length.
+        group["lr"] = base_lr * inputs.size(0) / trainer.bptt
         self.optimizer.step()
         group["lr"] = base_lr
         self.averaging.update(self.model)
-        return output.hidden, raw_loss
+        return hidden, raw_loss
+
+    def raise_non_finite(self, loss: float, grad_norm: float) -> None:
+        if self.last_checkpoint.is_file():
+            last_good = f"the last good checkpoint is {self.last_checkpoint}"
+        else:
+            last_good = "no checkpoint has been written yet"
+        raise NonFiniteError(
+            f"non-finite training loss ({loss}) or gradient norm ({grad_norm}) at epoch {self.epoch}, "
+            f"batch {self.progress.batches + 1} (step {self.step + 1}); the optimizer step was skipped and "
+            f"{last_good}. Lower optim.lr or trainer.clip, then resume with "
+            f"python -m awdlm.train resume={self.run_dir}"
+        )
+
+    def stop_if_requested(self, epoch_seconds: float) -> None:
+        """Save ``last.pt`` and raise TrainingInterrupted when SIGINT or SIGTERM has arrived."""
+        signum = self.stop_request.signum
+        if signum is None:
+            return
+        if self.progress is not None:
+            self.progress.seconds = epoch_seconds
+        self.save_last()
+        position = (
+            f"epoch {self.epoch}, batch {self.progress.batches}" if self.progress else f"the end of epoch {self.epoch}"
+        )
+        raise TrainingInterrupted(
+            f"{signal.Signals(signum).name} stopped training at {position}; saved {self.last_checkpoint}. "
+            f"Resume with: python -m awdlm.train resume={self.run_dir.resolve()}",
+            signum,
+        )
 
     # -- the whole run -------------------------------------------------------
 
     def fit(self) -> dict[str, float]:
-        """Train for ``trainer.epochs``, then test the best checkpoint; return the final metrics."""
+        """Train until the last epoch or a stall, then test the best checkpoint; return the final metrics."""
         config = self.config
         self.run_dir.mkdir(parents=True, exist_ok=True)
-        self.writer = MetricsWriter(self.run_dir)
+        if self.step == 0 and self.progress is None:
+            OmegaConf.save(OmegaConf.structured(config), self.run_dir / RUN_CONFIG)
+        self.writer = MetricsWriter(self.run_dir, purge_step=self.purge_step)
+        if self.purge_step is not None and self.progress is None and self.epoch_metrics:
+            # The purge also drops the scalars of the checkpoint's finished epoch; write them again.
+            self.writer.scalars(self.epoch_metrics, self.epoch)
         n_params = sum(p.numel() for p in self.model.parameters())
         log.info(
             "model: %d parameters, vocabulary %d, device %s, embed_dropout=%s",
@@ -210,48 +349,71 @@ class Trainer:
             self.device,
             config.embed_dropout.strategy,
         )
+        if config.optim.average_after == 0 and not self.averaging.active:
+            log.info("averaging the weights from the first step (optim.average_after=0)")
+            self.averaging.start(self.model)
+
+        self.stop_request.install()
         try:
-            for self.epoch in range(1, config.trainer.epochs + 1):
-                self.run_epoch()
+            while not self.stalled and (self.progress is not None or self.epoch < self.last_epoch):
+                if self.progress is None:
+                    self.epoch += 1
+                    self.progress = EpochProgress()
+                self.end_epoch(self.train_epoch())
+                self.stop_if_requested(0.0)
             return self.finish()
         finally:
+            self.stop_request.restore()
             self.writer.close()
 
-    def run_epoch(self) -> None:
+    def end_epoch(self, result: EpochResult) -> None:
+        """Validate, update best.pt and the averaging switch, log the epoch and write last.pt."""
         config = self.config
-        result = self.train_epoch()
         eval_model = self.averaging.eval_model(self.model)
         val_loss, _ = evaluate(eval_model, self.val_data, config.trainer.bptt, config.trainer.limit_val_batches)
 
         improved = val_loss < self.best_val_loss
         if improved:
             self.best_val_loss = val_loss
+            self.progress = None
             self.save_checkpoint(self.run_dir / BEST_CHECKPOINT, val_loss)
 
         averaging_was_active = self.averaging.active
-        if config.optim.name == "ntasgd" and self.averaging.observe(val_loss):
-            log.info("validation loss did not improve over the last %d epochs: averaging from now on", config.optim.nonmono)
-            self.averaging.start(self.model)
+        if averaging_was_active and config.trainer.stop_when_stalled:
+            self.stalled = stalled(self.averaging.history, val_loss, config.optim.nonmono)
+        if config.optim.name == "ntasgd":
+            triggered = self.averaging.observe(val_loss)
+            forced = config.optim.average_after is not None and self.epoch >= config.optim.average_after
+            if not self.averaging.active and (triggered or forced):
+                reason = (
+                    f"validation loss did not improve over the last {config.optim.nonmono} epochs"
+                    if triggered
+                    else f"optim.average_after={config.optim.average_after} epochs reached"
+                )
+                log.info("%s: averaging from now on", reason)
+                self.averaging.start(self.model)
         self.scheduler.step()
 
         lr = self.optimizer.param_groups[0]["lr"]
-        self.writer.scalars(
-            {
-                "train/loss": result.loss,
-                "train/ppl": perplexity(result.loss),
-                "val/loss": val_loss,
-                "val/ppl": perplexity(val_loss),
-                "optim/lr": lr,
-                "optim/averaging": float(averaging_was_active),
-                "throughput/tokens_per_s": result.tokens / result.seconds,
-            },
-            self.epoch,
-        )
+        self.epoch_metrics = {
+            "train/loss": result.loss,
+            "train/ppl": perplexity(result.loss),
+            "val/loss": val_loss,
+            "val/ppl": perplexity(val_loss),
+            "optim/lr": lr,
+            "optim/averaging": float(averaging_was_active),
+            "throughput/tokens_per_s": result.tokens / max(result.seconds, 1e-9),
+        }
+        if self.level == "char":
+            self.epoch_metrics["val/bpc"] = bits_per_character(val_loss)
+        self.writer.scalars(self.epoch_metrics, self.epoch)
+        self.progress = None
+        self.save_last()
         log.info(
             "epoch %d | %.1f s | %.0f tok/s | train loss %.3f ppl %.2f | val loss %.3f ppl %.2f%s | lr %.3g | averaging %s",
             self.epoch,
             result.seconds,
-            result.tokens / result.seconds,
+            result.tokens / max(result.seconds, 1e-9),
             result.loss,
             perplexity(result.loss),
             val_loss,
@@ -260,14 +422,29 @@ class Trainer:
             lr,
             "on" if averaging_was_active else "off",
         )
+        if self.stalled:
+            log.info(
+                "averaged validation loss %.3f is worse than the best before the last %d epochs: stopping",
+                val_loss,
+                config.optim.nonmono,
+            )
 
     def finish(self) -> dict[str, float]:
         """Evaluate the best checkpoint on the test split and log the final metrics."""
         config = self.config
-        checkpoint = torch.load(self.run_dir / BEST_CHECKPOINT, map_location=self.device, weights_only=True)
-        self.model.load_state_dict(checkpoint["eval_model"])
+        best = self.run_dir / BEST_CHECKPOINT
+        if not best.is_file() and self.start_checkpoint is not None:
+            log.info(
+                "no epoch improved on the starting validation loss %.3f: testing %s",
+                self.best_val_loss,
+                self.start_checkpoint,
+            )
+            best = self.start_checkpoint
+        checkpoint = load_checkpoint(best, self.device)
+        test_model = build_model(config, len(self.vocab)).to(self.device)
+        test_model.load_state_dict(checkpoint["eval_model"])
         test_loss, test_tokens = evaluate(
-            self.model, self.test_data, config.trainer.bptt, config.trainer.limit_test_batches
+            test_model, self.test_data, config.trainer.bptt, config.trainer.limit_test_batches
         )
         metrics = {
             "best/val_loss": self.best_val_loss,
@@ -275,8 +452,10 @@ class Trainer:
             "test/loss": test_loss,
             "test/ppl": perplexity(test_loss),
         }
-        self.writer.scalars({"test/loss": test_loss, "test/ppl": perplexity(test_loss)}, self.epoch)
-        self.writer.hparams(flatten(config), metrics)
+        if self.level == "char":
+            metrics["test/bpc"] = bits_per_character(test_loss)
+        # The metrics double as the final scalars, at the last epoch's step.
+        self.writer.hparams(flatten(config), metrics, step=self.epoch)
         log.info(
             "test loss %.3f ppl %.2f on %d tokens (best checkpoint, epoch %d, validation ppl %.2f)",
             test_loss,
@@ -287,28 +466,78 @@ class Trainer:
         )
         return metrics
 
-    def save_checkpoint(self, path: Path, val_loss: float) -> None:
-        """Write the state dicts, config, vocabulary, epoch and RNG states atomically.
+    # -- checkpoints ---------------------------------------------------------
 
-        ``eval_model`` holds the weights that were validated: the running
+    def state_dict(self) -> dict[str, Any]:
+        """Everything a resumed run needs to take the same steps as an uninterrupted one.
+
+        ``eval_model`` contains the weights that validation uses: the running
         average once NT-ASGD has switched, else the raw weights in ``model``.
         """
-        averaged = self.averaging.averaged
-        state = {
+        averaging = self.averaging.state_dict()
+        return {
             "model": self.model.state_dict(),
             "eval_model": self.averaging.eval_model(self.model).state_dict(),
-            "averaged": None if averaged is None else averaged.state_dict(),
+            "averaged": averaging["averaged"],
+            "val_history": averaging["history"],
             "optimizer": self.optimizer.state_dict(),
             "scheduler": self.scheduler.state_dict(),
-            "config": OmegaConf.to_container(OmegaConf.structured(self.config)),
+            "config": config_to_dict(self.config),
             "vocab": self.vocab.itos,
+            "first_epoch": self.first_epoch,
             "epoch": self.epoch,
-            "val_loss": val_loss,
-            "val_history": list(self.averaging.history),
+            "step": self.step,
+            "progress": None if self.progress is None else self.progress.state_dict(),
+            "epoch_metrics": dict(self.epoch_metrics),
+            "best_val_loss": self.best_val_loss,
+            "stalled": self.stalled,
+            "start_checkpoint": None if self.start_checkpoint is None else str(self.start_checkpoint),
             "rng": {
                 "torch": torch.get_rng_state(),
-                "bptt": self.sampler.generator.get_state(),
                 "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+                "bptt": self.sampler.generator.get_state(),
             },
         }
-        save_atomic(state, path)
+
+    def save_checkpoint(self, path: Path, val_loss: float) -> None:
+        """Write :meth:`state_dict` plus the validation loss of ``eval_model`` to ``path`` atomically."""
+        save_checkpoint({**self.state_dict(), "val_loss": val_loss}, path)
+
+    def save_last(self) -> None:
+        save_checkpoint(self.state_dict(), self.last_checkpoint)
+        log.debug("saved %s at epoch %d, step %d", self.last_checkpoint, self.epoch, self.step)
+
+    def restore(self, state: dict[str, Any]) -> None:
+        """Load a ``last.pt`` state: weights, optimizer, averaging, position and every RNG."""
+        self.model.load_state_dict(state["model"])
+        self.averaging.load_state_dict({"history": state["val_history"], "averaged": state["averaged"]}, self.model)
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        self.first_epoch = state["first_epoch"]
+        self.epoch = state["epoch"]
+        self.step = state["step"]
+        self.best_val_loss = state["best_val_loss"]
+        self.stalled = state["stalled"]
+        self.start_checkpoint = None if state["start_checkpoint"] is None else Path(state["start_checkpoint"])
+        self.epoch_metrics = dict(state["epoch_metrics"])
+        progress = state["progress"]
+        self.progress = None if progress is None else EpochProgress.from_state_dict(progress, self.device)
+        # Scalars at or after this epoch were written after the checkpoint, so TensorBoard drops them.
+        # A finished epoch's scalars come back from epoch_metrics in fit().
+        self.purge_step = self.epoch
+
+        rng = state["rng"]
+        torch.set_rng_state(rng["torch"].cpu())
+        if torch.cuda.is_available() and len(rng["cuda"]) == torch.cuda.device_count():
+            torch.cuda.set_rng_state_all([s.cpu() for s in rng["cuda"]])
+        elif rng["cuda"]:
+            log.warning(
+                "not restoring the CUDA RNG states: the checkpoint has %d devices, this machine %d",
+                len(rng["cuda"]),
+                torch.cuda.device_count() if torch.cuda.is_available() else 0,
+            )
+        self.sampler.generator.set_state(rng["bptt"].cpu())
+        if self.progress is not None:
+            log.info("resuming epoch %d at batch %d (step %d)", self.epoch, self.progress.batches, self.step)
+        else:
+            log.info("resuming after epoch %d (step %d)", self.epoch, self.step)
