@@ -392,9 +392,9 @@ class Trainer:
                 )
                 log.info("%s: averaging from now on", reason)
                 self.averaging.start(self.model)
+        lr = self.optimizer.param_groups[0]["lr"]  # the rate this epoch trained with
         self.scheduler.step()
 
-        lr = self.optimizer.param_groups[0]["lr"]
         self.epoch_metrics = {
             "train/loss": result.loss,
             "train/ppl": perplexity(result.loss),
