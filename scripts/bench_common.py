@@ -12,7 +12,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 from hydra import compose, initialize_config_module
 from torch import Tensor, nn
 from torch.autograd import DeviceType
@@ -20,13 +19,8 @@ from torch.profiler import ProfilerActivity, profile
 
 from awdlm.config import Config, TrainerConfig, to_config
 from awdlm.data import Corpus, TokenizerSettings, load_corpus
-from awdlm.model.awd_lstm import (
-    AWDLSTM,
-    Hidden,
-    activation_regularization,
-    detach_hidden,
-    temporal_activation_regularization,
-)
+from awdlm.model.awd_lstm import AWDLSTM, Hidden, detach_hidden
+from awdlm.training.trainer import training_loss
 
 MIB = 2**20
 
@@ -65,14 +59,7 @@ def train_step(
     base_lr = group["lr"]
     group["lr"] = base_lr * inputs.size(0) / trainer.bptt
 
-    output = model(inputs, detach_hidden(hidden))
-    logits = output.logits.view(-1, model.ntoken)  # (T * B, V)
-    raw_loss = F.cross_entropy(logits, targets.reshape(-1))
-    loss = raw_loss
-    if trainer.alpha:
-        loss = loss + activation_regularization(output.last_dropped, trainer.alpha)
-    if trainer.beta:
-        loss = loss + temporal_activation_regularization(output.last_raw, trainer.beta)
+    hidden, raw_loss, loss = training_loss(model, inputs, targets, detach_hidden(hidden), trainer)
 
     optimizer.zero_grad(set_to_none=True)
     loss.backward()
@@ -80,7 +67,7 @@ def train_step(
         nn.utils.clip_grad_norm_(model.parameters(), trainer.clip)
     optimizer.step()
     group["lr"] = base_lr
-    return output.hidden, raw_loss
+    return hidden, raw_loss
 
 
 @dataclass

@@ -48,7 +48,6 @@ import time
 
 import torch
 import torch.nn.functional as F
-from torch import Tensor
 
 import bench_common
 from awdlm.model.embedding_dropout import embedding_dropout

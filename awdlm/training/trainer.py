@@ -17,7 +17,7 @@ from omegaconf import OmegaConf
 from torch import Tensor, nn
 from tqdm import tqdm
 
-from awdlm.config import Config, flatten
+from awdlm.config import Config, TrainerConfig, flatten
 from awdlm.data import BPTTSampler, Corpus, batchify, get_batch
 from awdlm.evaluation.scoring import bits_per_character, evaluate, perplexity
 from awdlm.metrics import MetricsWriter
@@ -147,6 +147,22 @@ class StopRequest:
         self.signum = signum
 
 
+
+def training_loss(
+    model: AWDLSTM, inputs: Tensor, targets: Tensor, hidden: Hidden, trainer: TrainerConfig
+) -> tuple[Hidden, Tensor, Tensor]:
+    """Run the forward pass; return the new hidden state, the cross-entropy and the loss with AR/TAR."""
+    output = model(inputs, hidden)
+    logits = output.logits.view(-1, model.ntoken)  # (T * B, V)
+    raw_loss = F.cross_entropy(logits, targets.reshape(-1))
+    loss = raw_loss
+    if trainer.alpha:
+        loss = loss + activation_regularization(output.last_dropped, trainer.alpha)
+    if trainer.beta:
+        loss = loss + temporal_activation_regularization(output.last_raw, trainer.beta)
+    return output.hidden, raw_loss, loss
+
+
 class Trainer:
     """Train an AWD-LSTM on a corpus and write logs and checkpoints into ``run_dir``.
 
@@ -260,16 +276,7 @@ class Trainer:
 
     def compute_loss(self, inputs: Tensor, targets: Tensor, hidden: Hidden) -> tuple[Hidden, Tensor, Tensor]:
         """Run the forward pass; return the new hidden state, the raw loss and the loss with AR/TAR."""
-        trainer = self.config.trainer
-        output = self.model(inputs, hidden)
-        logits = output.logits.view(-1, self.model.ntoken)  # (T * B, V)
-        raw_loss = F.cross_entropy(logits, targets.reshape(-1))
-        loss = raw_loss
-        if trainer.alpha:
-            loss = loss + activation_regularization(output.last_dropped, trainer.alpha)
-        if trainer.beta:
-            loss = loss + temporal_activation_regularization(output.last_raw, trainer.beta)
-        return output.hidden, raw_loss, loss
+        return training_loss(self.model, inputs, targets, hidden, self.config.trainer)
 
     def train_step(self, inputs: Tensor, targets: Tensor, hidden: Hidden) -> tuple[Hidden, Tensor]:
         """One forward, backward, clip and optimizer step; returns the new hidden state and the raw loss.
