@@ -18,11 +18,23 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 from tqdm.contrib.logging import logging_redirect_tqdm
 
-from awdlm.config import Config, to_config
+from awdlm.config import Config, ConfigError, to_config
 from awdlm.data import Corpus, Vocabulary
+from awdlm.data.download import DownloadError
+from awdlm.data.tokenize import CorpusFormatError
 from awdlm.model.awd_lstm import AWDLSTM
-from awdlm.training.checkpoint import BEST_CHECKPOINT, CheckpointError, find_checkpoint, load_checkpoint
+from awdlm.training.checkpoint import (
+    BEST_CHECKPOINT,
+    CheckpointError,
+    NonFiniteError,
+    find_checkpoint,
+    load_checkpoint,
+)
 from awdlm.training.trainer import TrainingInterrupted, build_model
+
+# Errors whose message already says what is wrong and how to fix it: the
+# command prints the message alone, without a traceback.
+USER_ERRORS = (ConfigError, CheckpointError, CorpusFormatError, DownloadError, FileNotFoundError, NonFiniteError)
 
 log = logging.getLogger(__name__)
 
@@ -105,13 +117,19 @@ def open_checkpoint(location: Path, name: str = BEST_CHECKPOINT, device: str = "
 
 @contextmanager
 def training_session() -> Iterator[None]:
-    """Route log records around the progress bar; exit with 128 + the signal number when a signal stops training."""
+    """Route log records around the progress bar and turn stops into exit statuses.
+
+    A signal exits with 128 + its number. An error in :data:`USER_ERRORS`
+    exits with status 1 and its message on stderr, without a traceback.
+    """
     try:
         with logging_redirect_tqdm():
             yield
     except TrainingInterrupted as stop:
         log.warning("%s", stop)
         sys.exit(128 + stop.signum)
+    except USER_ERRORS as error:
+        sys.exit(f"error: {error}")
 
 
 def vocabulary(state: dict[str, Any]) -> Vocabulary:

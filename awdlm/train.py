@@ -45,7 +45,7 @@ from awdlm.runs import (
     training_session,
     with_overrides,
 )
-from awdlm.training.checkpoint import LAST_CHECKPOINT, CheckpointError, find_checkpoint, load_checkpoint
+from awdlm.training.checkpoint import BEST_CHECKPOINT, LAST_CHECKPOINT, CheckpointError, find_checkpoint, load_checkpoint
 from awdlm.training.trainer import RUN_CONFIG, Trainer
 
 log = logging.getLogger("awdlm.train")
@@ -154,6 +154,16 @@ def resume(run_dir: Path, overrides: dict[str, Any] | None = None) -> dict[str, 
         handler.close()
 
 
+def check_new_run_dir(run_dir: Path) -> None:
+    """Raise ConfigError when ``run_dir`` already holds a run's checkpoints, so they are never overwritten."""
+    existing = [name for name in (LAST_CHECKPOINT, BEST_CHECKPOINT) if (run_dir / name).exists()]
+    if existing:
+        raise ConfigError(
+            f"run directory {run_dir} already holds a run ({', '.join(existing)}): continue it with "
+            f"resume={run_dir}, or choose another folder with hydra.run.dir=..."
+        )
+
+
 @hydra.main(version_base="1.3", config_path="conf", config_name="config")
 def main(cfg: DictConfig) -> float:
     resume_dir = cfg.get("resume")
@@ -163,6 +173,7 @@ def main(cfg: DictConfig) -> float:
             metrics = resume(Path(to_absolute_path(resume_dir)), overrides)
         else:
             run_dir = Path(HydraConfig.get().runtime.output_dir)
+            check_new_run_dir(run_dir)
             log.info("run directory %s", run_dir)
             metrics = run(to_config(cfg), run_dir)
     return metrics["best/val_loss"]

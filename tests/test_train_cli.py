@@ -110,3 +110,20 @@ def test_missing_corpus_names_path(tmp_path):
     assert result.returncode != 0
     assert "ptb.train.txt" in result.stderr
     assert "dataset.download=false" in result.stderr
+
+
+def test_existing_run_dir_not_overwritten(dense_run, data_dir):
+    root, _ = dense_run
+    best = (root / "run" / "best.pt").read_bytes()
+    result = train([f"hydra.run.dir={root / 'run'}"], data_dir, root / "cache")
+    assert result.returncode != 0
+    assert "already holds a run" in result.stderr
+    assert f"resume={root / 'run'}" in result.stderr
+    assert (root / "run" / "best.pt").read_bytes() == best
+
+
+def test_user_error_without_traceback(data_dir, tmp_path):
+    result = train(["model.dropout=1.5", f"hydra.run.dir={tmp_path / 'run'}"], data_dir, tmp_path / "cache")
+    assert result.returncode == 1
+    assert "invalid model.dropout=1.5" in result.stderr
+    assert "Traceback" not in result.stderr

@@ -403,8 +403,10 @@ def download_dataset(
     tried = "\n".join(f"  - {failure}" for failure in failures) or "  (dataset.sources is empty)"
     raise DownloadError(
         f"could not download {name} into {folder}; tried:\n{tried}\n"
-        f"Put a reachable mirror first in dataset.sources (or pass --source), or fetch the archive "
-        f"by other means and run: python -m awdlm.data import {name} PATH"
+        f"If the corpus is already on this machine, point data_dir=DIR (python -m awdlm.data: --data-dir) "
+        f"at the folder that holds it. Otherwise put a reachable mirror first in dataset.sources "
+        f"(python -m awdlm.data: --source), or fetch the archive by other means and run: "
+        f"python -m awdlm.data import {name} PATH"
     )
 
 
