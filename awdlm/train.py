@@ -155,11 +155,11 @@ def resume(run_dir: Path, overrides: dict[str, Any] | None = None) -> dict[str, 
 
 
 def check_new_run_dir(run_dir: Path) -> None:
-    """Raise ConfigError when ``run_dir`` already holds a run's checkpoints, so they are never overwritten."""
+    """Raise ConfigError when ``run_dir`` already contains a run's checkpoints, so they are never overwritten."""
     existing = [name for name in (LAST_CHECKPOINT, BEST_CHECKPOINT) if (run_dir / name).exists()]
     if existing:
         raise ConfigError(
-            f"run directory {run_dir} already holds a run ({', '.join(existing)}): continue it with "
+            f"run directory {run_dir} already contains a run ({', '.join(existing)}): continue it with "
             f"resume={run_dir}, or choose another folder with hydra.run.dir=..."
         )
 

@@ -117,7 +117,7 @@ def test_existing_run_dir_not_overwritten(dense_run, data_dir):
     best = (root / "run" / "best.pt").read_bytes()
     result = train([f"hydra.run.dir={root / 'run'}"], data_dir, root / "cache")
     assert result.returncode != 0
-    assert "already holds a run" in result.stderr
+    assert "already contains a run" in result.stderr
     assert f"resume={root / 'run'}" in result.stderr
     assert (root / "run" / "best.pt").read_bytes() == best
 
