@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import signal
 import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -33,9 +35,8 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-def torchrun(run_dir: Path, data_dir: Path, cache_dir: Path, *overrides: str) -> subprocess.CompletedProcess:
-    """Run ``awdlm.train`` on two gloo processes that meet on 127.0.0.1."""
-    command = [
+def torchrun_command(run_dir: Path, data_dir: Path, cache_dir: Path, *overrides: str) -> list[str]:
+    return [
         sys.executable,
         "-m",
         "torch.distributed.run",
@@ -50,8 +51,16 @@ def torchrun(run_dir: Path, data_dir: Path, cache_dir: Path, *overrides: str) ->
         *overrides,
         f"hydra.run.dir={run_dir}",
     ]
-    env = {**subprocess_env(), "GLOO_SOCKET_IFNAME": "lo"}
-    return subprocess.run(command, capture_output=True, text=True, timeout=600, env=env)
+
+
+def torchrun_env() -> dict[str, str]:
+    return {**subprocess_env(), "GLOO_SOCKET_IFNAME": "lo"}
+
+
+def torchrun(run_dir: Path, data_dir: Path, cache_dir: Path, *overrides: str) -> subprocess.CompletedProcess:
+    """Run ``awdlm.train`` on two gloo processes that meet on 127.0.0.1."""
+    command = torchrun_command(run_dir, data_dir, cache_dir, *overrides)
+    return subprocess.run(command, capture_output=True, text=True, timeout=600, env=torchrun_env())
 
 
 @pytest.fixture(scope="module")
@@ -105,6 +114,37 @@ def test_two_rank_resume_matches_full_run(two_rank_run, data_dir):
     assert resumed["step"] == full["step"]
     assert_same_tensors(resumed["model"], full["model"])
     assert (split / "train.log").read_text().count("| val loss") == 2
+
+
+def test_two_rank_sigterm_resume_mid_epoch(data_dir, tmp_path):
+    """SIGTERM to torchrun mid-epoch, resume on two ranks: the weights equal an uninterrupted run's."""
+    run = ["trainer.epochs=1", "trainer.limit_train_batches=30", "trainer.checkpoint_every=3"]
+    reference = torchrun(tmp_path / "reference", data_dir, tmp_path / "cache", *run)
+    assert reference.returncode == 0, reference.stderr[-4000:]
+
+    stopped = tmp_path / "stopped"
+    command = torchrun_command(stopped, data_dir, tmp_path / "cache", *run)
+    process = subprocess.Popen(command, env=torchrun_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 300
+    while not (stopped / "last.pt").is_file():
+        assert process.poll() is None, process.stderr.read()[-4000:]
+        assert time.monotonic() < deadline, "no last.pt within 300 s"
+        time.sleep(0.01)
+    process.send_signal(signal.SIGTERM)
+    _, stderr = process.communicate(timeout=300)
+    assert process.returncode != 0
+    assert "SIGTERM stopped training at epoch 1" in (stopped / "train.log").read_text(), stderr[-4000:]
+
+    state = torch.load(stopped / "last.pt", weights_only=True)
+    assert state["progress"] is not None, "the signal arrived after the epoch; the test needs a mid-epoch stop"
+    assert state["progress"]["hidden"][0][0].size(1) == 10  # all columns of both ranks
+
+    resumed = torchrun(tmp_path / "resume_hydra", data_dir, tmp_path / "cache", *run, f"resume={stopped}")
+    assert resumed.returncode == 0, resumed.stderr[-4000:]
+    final = torch.load(stopped / "last.pt", weights_only=True)
+    expected = torch.load(tmp_path / "reference" / "last.pt", weights_only=True)
+    assert final["step"] == expected["step"]
+    assert_same_tensors(final["model"], expected["model"])
 
 
 def test_two_ranks_reject_odd_batch_size(data_dir, tmp_path):
