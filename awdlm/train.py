@@ -20,6 +20,10 @@ run's own config. Only the keys that do not change the numbers
 (``data_dir``, ``cache_dir``, ``dataset.path``, ``dataset.download``,
 ``dataset.sources``, ``trainer.device``, ``trainer.log_interval``,
 ``trainer.checkpoint_every``, ``trainer.epochs``) may be overridden on resume.
+
+Data-parallel training on N processes (``docs/distributed.md``)::
+
+    torchrun --nproc_per_node=N -m awdlm.train hydra.run.dir=outputs/ddp trainer.batch_size=80
 """
 
 from __future__ import annotations
@@ -29,6 +33,7 @@ from pathlib import Path
 from typing import Any
 
 import hydra
+import torch.distributed
 from hydra.core.hydra_config import HydraConfig
 from hydra.utils import to_absolute_path
 from omegaconf import DictConfig, OmegaConf
@@ -46,6 +51,12 @@ from awdlm.runs import (
     with_overrides,
 )
 from awdlm.training.checkpoint import BEST_CHECKPOINT, LAST_CHECKPOINT, CheckpointError, find_checkpoint, load_checkpoint
+from awdlm.training.distributed import (
+    ProcessGroup,
+    destroy_process_group,
+    init_process_group,
+    local_batch_size,
+)
 from awdlm.training.trainer import RUN_CONFIG, Trainer
 
 log = logging.getLogger("awdlm.train")
@@ -71,19 +82,31 @@ def dataset_files(config: Config) -> dict[str, Path]:
     return {split: folder / getattr(config.dataset, split) for split in ("train", "valid", "test")}
 
 
-def load_dataset(config: Config) -> Corpus:
-    """Load the corpus of ``config`` through the tokenized-corpus cache, downloading it first when needed."""
+def load_dataset(config: Config, group: ProcessGroup | None = None) -> Corpus:
+    """Load the corpus of ``config`` through the tokenized-corpus cache, downloading it first when needed.
+
+    With several ranks, rank 0 downloads and caches first and the others
+    then read its cache, so no two processes write the same files.
+    """
+    group = group or ProcessGroup()
     cache_dir = None if config.cache_dir is None else Path(config.cache_dir).expanduser()
     dataset = config.dataset
     settings = TokenizerSettings.for_level(
         dataset.level, dataset.tokenizer, min_count=dataset.min_count, max_size=dataset.max_size
     )
-    return load_corpus(dataset_files(config), cache_dir, name=dataset.name, settings=settings)
+    if not group.is_main:
+        group.barrier()
+    corpus = load_corpus(dataset_files(config), cache_dir, name=dataset.name, settings=settings)
+    if group.is_main:
+        group.barrier()
+    return corpus
 
 
-def run(config: Config, run_dir: Path) -> dict[str, float]:
+def run(config: Config, run_dir: Path, group: ProcessGroup | None = None) -> dict[str, float]:
     """Load the corpus, train, test; return the final metrics."""
-    corpus = load_dataset(config)
+    group = group or ProcessGroup()
+    local_batch_size(config.trainer.batch_size, group)  # fails before any download or training
+    corpus = load_dataset(config, group)
     trainer = config.trainer
     batch_sizes = {
         "train": (trainer.batch_size, "trainer.batch_size"),
@@ -91,7 +114,7 @@ def run(config: Config, run_dir: Path) -> dict[str, float]:
         "test": (trainer.test_batch_size, "trainer.test_batch_size"),
     }
     check_split_lengths(corpus, batch_sizes, dataset_files(config))
-    return Trainer(config, corpus, run_dir).fit()
+    return Trainer(config, corpus, run_dir, group=group).fit()
 
 
 def open_resume(run_dir: Path, overrides: dict[str, Any]) -> tuple[Path, dict[str, Any], Config]:
@@ -129,29 +152,47 @@ def open_resume(run_dir: Path, overrides: dict[str, Any]) -> tuple[Path, dict[st
     return path, state, with_overrides(saved, overrides)
 
 
-def resume(run_dir: Path, overrides: dict[str, Any] | None = None) -> dict[str, float]:
+def resume(run_dir: Path, overrides: dict[str, Any] | None = None, group: ProcessGroup | None = None) -> dict[str, float]:
     """Continue the run in ``run_dir`` from its ``last.pt``; return the final metrics.
 
     ``overrides`` maps dotted keys to values. Every check runs before anything
-    is written, so a rejected resume leaves ``run_dir`` as it was.
+    is written, so a rejected resume leaves ``run_dir`` as it was. With several
+    ranks every rank reads ``last.pt``.
     """
+    group = group or ProcessGroup()
     run_dir = Path(run_dir)
     path, state, config = open_resume(run_dir, overrides or {})
-    corpus = load_dataset(config)
+    local_batch_size(config.trainer.batch_size, group)
+    corpus = load_dataset(config, group)
     check_vocabulary(corpus, state, path)
 
-    trainer = Trainer(config, corpus, run_dir)
+    trainer = Trainer(config, corpus, run_dir, group=group)
     trainer.restore(state)
-    # The resumed run's log continues the run's own log file.
-    handler = logging.FileHandler(run_dir / "train.log")
-    handler.setFormatter(logging.Formatter("[%(asctime)s][%(name)s][%(levelname)s] - %(message)s"))
-    logging.getLogger().addHandler(handler)
+    handler = None
+    if group.is_main:
+        # The resumed run's log continues the run's own log file.
+        handler = logging.FileHandler(run_dir / "train.log")
+        handler.setFormatter(logging.Formatter("[%(asctime)s][%(name)s][%(levelname)s] - %(message)s"))
+        logging.getLogger().addHandler(handler)
     log.info("resuming %s from %s", run_dir, path)
     try:
         return trainer.fit()
     finally:
-        logging.getLogger().removeHandler(handler)
-        handler.close()
+        if handler is not None:
+            logging.getLogger().removeHandler(handler)
+            handler.close()
+
+
+def quiet_other_ranks(group: ProcessGroup) -> None:
+    """Leave the log file and the console to rank 0: other ranks log only warnings and errors, to stderr."""
+    if group.is_main:
+        return
+    root = logging.getLogger()
+    for handler in list(root.handlers):
+        if isinstance(handler, logging.FileHandler):
+            root.removeHandler(handler)
+            handler.close()
+    root.setLevel(logging.WARNING)
 
 
 def check_new_run_dir(run_dir: Path) -> None:
@@ -167,15 +208,25 @@ def check_new_run_dir(run_dir: Path) -> None:
 @hydra.main(version_base="1.3", config_path="conf", config_name="config")
 def main(cfg: DictConfig) -> float:
     resume_dir = cfg.get("resume")
-    with training_session():
-        if resume_dir is not None:
-            overrides = command_line_overrides(cfg, skip=("resume",))
-            metrics = resume(Path(to_absolute_path(resume_dir)), overrides)
-        else:
-            run_dir = Path(HydraConfig.get().runtime.output_dir)
-            check_new_run_dir(run_dir)
-            log.info("run directory %s", run_dir)
-            metrics = run(to_config(cfg), run_dir)
+    group = init_process_group(cfg.trainer.device)
+    quiet_other_ranks(group)
+    if group.enabled:
+        log.info("data-parallel training on %d processes, backend %s", group.world_size, torch.distributed.get_backend())
+    try:
+        with training_session():
+            if resume_dir is not None:
+                overrides = command_line_overrides(cfg, skip=("resume",))
+                metrics = resume(Path(to_absolute_path(resume_dir)), overrides, group)
+            else:
+                # NOTE: Hydra names the run directory on each rank before this line, so a
+                # time-stamped name can differ between ranks; rank 0's directory is used.
+                # Pass hydra.run.dir=... under torchrun to get a single directory.
+                run_dir = Path(group.broadcast_object(HydraConfig.get().runtime.output_dir))
+                check_new_run_dir(run_dir)
+                log.info("run directory %s", run_dir)
+                metrics = run(to_config(cfg), run_dir, group)
+    finally:
+        destroy_process_group()
     return metrics["best/val_loss"]
 
 

@@ -15,6 +15,7 @@ import torch
 import torch.nn.functional as F
 from omegaconf import OmegaConf
 from torch import Tensor, nn
+from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
 from awdlm.config import Config, TrainerConfig, flatten
@@ -35,6 +36,16 @@ from awdlm.training.checkpoint import (
     NonFiniteError,
     load_checkpoint,
     save_checkpoint,
+)
+from awdlm.training.distributed import (
+    ProcessGroup,
+    gather_columns,
+    max_over_ranks,
+    mean_over_ranks,
+    parameter_digests,
+    rank_device,
+    shard_columns,
+    take_columns,
 )
 
 log = logging.getLogger(__name__)
@@ -149,11 +160,11 @@ class StopRequest:
 
 
 def training_loss(
-    model: AWDLSTM, inputs: Tensor, targets: Tensor, hidden: Hidden, trainer: TrainerConfig
+    model: AWDLSTM | DistributedDataParallel, inputs: Tensor, targets: Tensor, hidden: Hidden, trainer: TrainerConfig
 ) -> tuple[Hidden, Tensor, Tensor]:
     """Run the forward pass; return the new hidden state, the cross-entropy and the loss with AR/TAR."""
     output = model(inputs, hidden)
-    logits = output.logits.view(-1, model.ntoken)  # (T * B, V)
+    logits = output.logits.view(-1, output.logits.size(-1))  # (T * B, V)
     raw_loss = F.cross_entropy(logits, targets.reshape(-1))
     loss = raw_loss
     if trainer.alpha:
@@ -171,22 +182,38 @@ class Trainer:
     that the resumed run takes exactly the steps the uninterrupted one would.
     ``first_epoch`` numbers the epochs of a run that continues another one
     (finetuning), so its curves continue the earlier run's.
+
+    With a ``group`` of several ranks (``torchrun``), each rank trains on its
+    share of the training columns and DistributedDataParallel averages the
+    gradients. Every rank validates and tests on the whole split, and rank 0
+    alone writes TensorBoard events and checkpoints.
     """
 
-    def __init__(self, config: Config, corpus: Corpus, run_dir: Path, first_epoch: int = 1) -> None:
+    def __init__(
+        self, config: Config, corpus: Corpus, run_dir: Path, first_epoch: int = 1, group: ProcessGroup | None = None
+    ) -> None:
         self.config = config
         self.run_dir = Path(run_dir)
-        self.device = resolve_device(config.trainer.device)
+        self.group = group or ProcessGroup()
+        self.device = rank_device(resolve_device(config.trainer.device), self.group)
         trainer = config.trainer
 
         torch.manual_seed(config.seed)
         self.vocab = corpus.vocab
         self.level = config.dataset.level
-        self.train_data = batchify(corpus.train, trainer.batch_size).to(self.device)  # (N, B)
+        # (N, B / world_size): this rank's contiguous share of the B columns.
+        self.train_data = shard_columns(batchify(corpus.train, trainer.batch_size), self.group).to(self.device)
         self.val_data = batchify(corpus.valid, trainer.eval_batch_size).to(self.device)
         self.test_data = batchify(corpus.test, trainer.test_batch_size).to(self.device)
 
+        # Every rank builds the same initial weights from config.seed ...
         self.model = build_model(config, len(self.vocab)).to(self.device)
+        self.train_model: AWDLSTM | DistributedDataParallel = self.model
+        if self.group.enabled:
+            # ... and then draws its own dropout masks.
+            torch.manual_seed(config.seed + self.group.rank)
+            device_ids = [self.device.index] if self.device.type == "cuda" else None
+            self.train_model = DistributedDataParallel(self.model, device_ids=device_ids)
         self.optimizer = build_optimizer(config, self.model)
         self.scheduler = torch.optim.lr_scheduler.MultiStepLR(
             self.optimizer, milestones=list(config.optim.when), gamma=config.optim.lr_drop
@@ -222,7 +249,7 @@ class Trainer:
         progress = self.progress
         self.model.train()
         if progress.hidden is None:
-            progress.hidden = self.model.init_hidden(trainer.batch_size)
+            progress.hidden = self.model.init_hidden(self.train_data.size(1))
         limit = trainer.limit_train_batches
         rows = self.train_data.size(0)
 
@@ -236,6 +263,7 @@ class Trainer:
             unit="tok",
             unit_scale=True,
             leave=False,
+            disable=not self.group.is_main,
         )
         while progress.row < rows - 2 and (limit is None or progress.batches < limit):
             self.stop_if_requested(progress.seconds + time.perf_counter() - start)
@@ -243,7 +271,7 @@ class Trainer:
             inputs, targets = get_batch(self.train_data, progress.row, seq_len)  # (T, B) each
             hidden, raw_loss = self.train_step(inputs, targets, progress.hidden)
 
-            batch_tokens = targets.numel()
+            batch_tokens = targets.numel() * self.group.world_size  # tokens over all ranks
             progress.hidden = detach_hidden(hidden)
             progress.total_loss += raw_loss.item() * batch_tokens
             progress.tokens += batch_tokens
@@ -276,13 +304,16 @@ class Trainer:
 
     def compute_loss(self, inputs: Tensor, targets: Tensor, hidden: Hidden) -> tuple[Hidden, Tensor, Tensor]:
         """Run the forward pass; return the new hidden state, the raw loss and the loss with AR/TAR."""
-        return training_loss(self.model, inputs, targets, hidden, self.config.trainer)
+        return training_loss(self.train_model, inputs, targets, hidden, self.config.trainer)
 
     def train_step(self, inputs: Tensor, targets: Tensor, hidden: Hidden) -> tuple[Hidden, Tensor]:
         """One forward, backward, clip and optimizer step; returns the new hidden state and the raw loss.
 
-        Raises NonFiniteError before the optimizer step when the loss or the
-        gradient norm is NaN or infinite, so the weights stay as they were.
+        With several ranks the returned raw loss is the mean over the ranks,
+        and the gradients are already averaged when ``backward`` returns, so
+        clipping sees the same gradients on every rank. Raises NonFiniteError
+        before the optimizer step when the loss or the gradient norm is NaN or
+        infinite on any rank, so the weights stay as they were.
         """
         trainer = self.config.trainer
         hidden, raw_loss, loss = self.compute_loss(inputs, targets, hidden)
@@ -295,8 +326,11 @@ class Trainer:
         else:
             grad_norm = nn.utils.get_total_norm([p.grad for p in parameters])
         # One host sync per step: both values must be finite before the weights change.
-        if not torch.isfinite(torch.stack([loss.detach().float(), grad_norm.float()])).all():
-            self.raise_non_finite(loss.item(), grad_norm.item())
+        # The mean over the ranks is NaN when any rank's loss is, so every rank raises together.
+        losses = mean_over_ranks(torch.stack([raw_loss.detach().float(), loss.detach().float()]), self.group)
+        raw_loss = losses[0]
+        if not torch.isfinite(torch.cat([losses, grad_norm.float().reshape(1)])).all():
+            self.raise_non_finite(losses[1].item(), grad_norm.item())
 
         group = self.optimizer.param_groups[0]
         base_lr = group["lr"]
@@ -321,8 +355,9 @@ class Trainer:
 
     def stop_if_requested(self, epoch_seconds: float) -> None:
         """Save ``last.pt`` and raise TrainingInterrupted when SIGINT or SIGTERM has arrived."""
-        signum = self.stop_request.signum
-        if signum is None:
+        # torchrun forwards a signal to each rank at a slightly different time, so the ranks agree first.
+        signum = max_over_ranks(self.stop_request.signum or 0, self.group, self.device)
+        if signum == 0:
             return
         if self.progress is not None:
             self.progress.seconds = epoch_seconds
@@ -341,13 +376,14 @@ class Trainer:
     def fit(self) -> dict[str, float]:
         """Train until the last epoch or a stall, then test the best checkpoint; return the final metrics."""
         config = self.config
-        self.run_dir.mkdir(parents=True, exist_ok=True)
-        if self.step == 0 and self.progress is None:
-            OmegaConf.save(OmegaConf.structured(config), self.run_dir / RUN_CONFIG)
-        self.writer = MetricsWriter(self.run_dir, purge_step=self.purge_step)
-        if self.purge_step is not None and self.progress is None and self.epoch_metrics:
-            # The purge also drops the scalars of the checkpoint's finished epoch; write them again.
-            self.writer.scalars(self.epoch_metrics, self.epoch)
+        if self.group.is_main:
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+            if self.step == 0 and self.progress is None:
+                OmegaConf.save(OmegaConf.structured(config), self.run_dir / RUN_CONFIG)
+            self.writer = MetricsWriter(self.run_dir, purge_step=self.purge_step)
+            if self.purge_step is not None and self.progress is None and self.epoch_metrics:
+                # The purge also drops the scalars of the checkpoint's finished epoch; write them again.
+                self.writer.scalars(self.epoch_metrics, self.epoch)
         n_params = sum(p.numel() for p in self.model.parameters())
         log.info(
             "model: %d parameters, vocabulary %d, device %s, embed_dropout=%s",
@@ -368,16 +404,29 @@ class Trainer:
                     self.progress = EpochProgress()
                 self.end_epoch(self.train_epoch())
                 self.stop_if_requested(0.0)
+            self.check_replicas()
             return self.finish()
         finally:
             self.stop_request.restore()
-            self.writer.close()
+            if self.writer is not None:
+                self.writer.close()
+
+    def check_replicas(self) -> None:
+        """Raise RuntimeError unless every rank ends training with bit-identical weights."""
+        if not self.group.enabled:
+            return
+        digests = parameter_digests(self.model, self.group)
+        if len(set(digests)) != 1:
+            raise RuntimeError(f"the model replicas diverged: parameter SHA-256 by rank {digests}")
+        log.info("parameters identical on all %d ranks (sha256 %s)", self.group.world_size, digests[0])
 
     def end_epoch(self, result: EpochResult) -> None:
         """Validate, update best.pt and the averaging switch, log the epoch and write last.pt."""
         config = self.config
         eval_model = self.averaging.eval_model(self.model)
         val_loss, _ = evaluate(eval_model, self.val_data, config.trainer.bptt, config.trainer.limit_val_batches)
+        # Every rank scores the same split with the same weights; rank 0's value decides for all.
+        val_loss = self.group.broadcast_object(val_loss)
 
         improved = val_loss < self.best_val_loss
         if improved:
@@ -413,7 +462,8 @@ class Trainer:
         }
         if self.level == "char":
             self.epoch_metrics["val/bpc"] = bits_per_character(val_loss)
-        self.writer.scalars(self.epoch_metrics, self.epoch)
+        if self.writer is not None:
+            self.writer.scalars(self.epoch_metrics, self.epoch)
         self.progress = None
         self.save_last()
         log.info(
@@ -462,7 +512,8 @@ class Trainer:
         if self.level == "char":
             metrics["test/bpc"] = bits_per_character(test_loss)
         # The metrics double as the final scalars, at the last epoch's step.
-        self.writer.hparams(flatten(config), metrics, step=self.epoch)
+        if self.writer is not None:
+            self.writer.hparams(flatten(config), metrics, step=self.epoch)
         log.info(
             "test loss %.3f ppl %.2f on %d tokens (best checkpoint, epoch %d, validation ppl %.2f)",
             test_loss,
@@ -480,8 +531,24 @@ class Trainer:
 
         ``eval_model`` contains the weights that validation uses: the running
         average once NT-ASGD has switched, else the raw weights in ``model``.
+        With several ranks every rank must call it, because it gathers the
+        hidden state of all B columns and each rank's RNG states.
         """
         averaging = self.averaging.state_dict()
+        progress = None if self.progress is None else self.progress.state_dict()
+        if progress is not None and progress["hidden"] is not None:
+            # (1, B / world_size, H) per rank -> (1, B, H), so the checkpoint covers every column.
+            progress["hidden"] = [[gather_columns(t, self.group, dim=1) for t in pair] for pair in progress["hidden"]]
+        rng = {
+            "torch": torch.get_rng_state(),
+            "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+            "bptt": self.sampler.generator.get_state(),
+        }
+        if self.group.enabled:
+            # Each rank draws its own dropout masks, so each rank's generator state is kept.
+            rng["torch_ranks"] = self.group.all_gather_object(torch.get_rng_state())
+            if self.device.type == "cuda":
+                rng["cuda_ranks"] = self.group.all_gather_object(torch.cuda.get_rng_state(self.device).cpu())
         return {
             "model": self.model.state_dict(),
             "eval_model": self.averaging.eval_model(self.model).state_dict(),
@@ -494,24 +561,29 @@ class Trainer:
             "first_epoch": self.first_epoch,
             "epoch": self.epoch,
             "step": self.step,
-            "progress": None if self.progress is None else self.progress.state_dict(),
+            "progress": progress,
             "epoch_metrics": dict(self.epoch_metrics),
             "best_val_loss": self.best_val_loss,
             "stalled": self.stalled,
             "start_checkpoint": None if self.start_checkpoint is None else str(self.start_checkpoint),
-            "rng": {
-                "torch": torch.get_rng_state(),
-                "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
-                "bptt": self.sampler.generator.get_state(),
-            },
+            "rng": rng,
         }
 
     def save_checkpoint(self, path: Path, val_loss: float) -> None:
-        """Write :meth:`state_dict` plus the validation loss of ``eval_model`` to ``path`` atomically."""
-        save_checkpoint({**self.state_dict(), "val_loss": val_loss}, path)
+        """Write :meth:`state_dict` plus the validation loss of ``eval_model`` to ``path`` atomically.
+
+        Every rank calls it; rank 0 writes, and the others wait until the file is complete.
+        """
+        state = self.state_dict()
+        if self.group.is_main:
+            save_checkpoint({**state, "val_loss": val_loss}, path)
+        self.group.barrier()
 
     def save_last(self) -> None:
-        save_checkpoint(self.state_dict(), self.last_checkpoint)
+        state = self.state_dict()
+        if self.group.is_main:
+            save_checkpoint(state, self.last_checkpoint)
+        self.group.barrier()
         log.debug("saved %s at epoch %d, step %d", self.last_checkpoint, self.epoch, self.step)
 
     def restore(self, state: dict[str, Any]) -> None:
@@ -529,11 +601,45 @@ class Trainer:
         self.epoch_metrics = dict(state["epoch_metrics"])
         progress = state["progress"]
         self.progress = None if progress is None else EpochProgress.from_state_dict(progress, self.device)
+        if self.progress is not None and self.progress.hidden is not None:
+            self.progress.hidden = [tuple(take_columns(t, self.group, dim=1) for t in pair) for pair in self.progress.hidden]
         # Scalars at or after this epoch were written after the checkpoint, so TensorBoard drops them.
         # A finished epoch's scalars come back from epoch_metrics in fit().
         self.purge_step = self.epoch
 
         rng = state["rng"]
+        self.restore_dropout_rng(rng)
+        self.sampler.generator.set_state(rng["bptt"].cpu())
+        if self.progress is not None:
+            log.info("resuming epoch %d at batch %d (step %d)", self.epoch, self.progress.batches, self.step)
+        else:
+            log.info("resuming after epoch %d (step %d)", self.epoch, self.step)
+
+    def restore_dropout_rng(self, rng: dict[str, Any]) -> None:
+        """Restore the generators behind the dropout masks; the BPTT sampler's is restored apart.
+
+        A checkpoint of a run on several ranks contains each rank's states, and
+        a run on the same number of ranks continues each rank's own stream. On
+        another number of ranks, or from a single-process checkpoint, rank r
+        reseeds with ``seed + r + step``: training continues, but its masks
+        differ from those of an uninterrupted run.
+        """
+        if self.group.enabled:
+            ranks = rng.get("torch_ranks", [])
+            if len(ranks) == self.group.world_size:
+                torch.set_rng_state(ranks[self.group.rank].cpu())
+                cuda_ranks = rng.get("cuda_ranks", [])
+                if self.device.type == "cuda" and len(cuda_ranks) == self.group.world_size:
+                    torch.cuda.set_rng_state(cuda_ranks[self.group.rank].cpu(), self.device)
+            else:
+                log.warning(
+                    "the checkpoint contains dropout RNG states for %d ranks, this run has %d: "
+                    "reseeding rank r with seed + r + step, so the dropout masks differ from an uninterrupted run",
+                    len(ranks) or 1,
+                    self.group.world_size,
+                )
+                torch.manual_seed(self.config.seed + self.group.rank + self.step)
+            return
         torch.set_rng_state(rng["torch"].cpu())
         if torch.cuda.is_available() and len(rng["cuda"]) == torch.cuda.device_count():
             torch.cuda.set_rng_state_all([s.cpu() for s in rng["cuda"]])
@@ -543,8 +649,3 @@ class Trainer:
                 len(rng["cuda"]),
                 torch.cuda.device_count() if torch.cuda.is_available() else 0,
             )
-        self.sampler.generator.set_state(rng["bptt"].cpu())
-        if self.progress is not None:
-            log.info("resuming epoch %d at batch %d (step %d)", self.epoch, self.progress.batches, self.step)
-        else:
-            log.info("resuming after epoch %d (step %d)", self.epoch, self.step)
