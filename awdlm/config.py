@@ -3,7 +3,7 @@
 Hydra composes the YAML files in ``awdlm/conf``; :func:`to_config` merges the
 result onto these dataclasses, which rejects unknown keys and wrong types, and
 then checks every value's range. Each field documents its meaning and unit
-once; the YAML files repeat the paper's defaults.
+once; the YAML files repeat the defaults of Merity, Keskar and Socher (2018).
 """
 
 from __future__ import annotations
@@ -47,7 +47,7 @@ class ModelConfig:
 
 @dataclass
 class EmbedDropoutConfig:
-    """Embedding dropout (``dropoute`` in the paper): drops whole word types."""
+    """Embedding dropout (``dropoute`` in Merity, Keskar and Socher, 2018): drops whole word types."""
 
     strategy: str = "dense"  # dense (reference, builds a V x D mask) or gather (same numbers, less memory)
     p: float = 0.1  # probability of dropping a word type in one forward pass
