@@ -32,7 +32,7 @@ from awdlm.training.checkpoint import (
 )
 from awdlm.training.trainer import TrainingInterrupted, build_model
 
-# Errors whose message already says what is wrong and how to fix it: the
+# Errors whose message already names the bad value and the fix, so the
 # command prints the message alone, without a traceback.
 USER_ERRORS = (ConfigError, CheckpointError, CorpusFormatError, DownloadError, FileNotFoundError, NonFiniteError)
 

@@ -139,7 +139,7 @@ def synchronize(device: torch.device) -> None:
 
 
 def cpu_model() -> str:
-    """The CPU's model name from /proc/cpuinfo on Linux, else what ``platform`` reports."""
+    """Return the CPU's model name from /proc/cpuinfo on Linux, else from ``platform``."""
     try:
         with open("/proc/cpuinfo", encoding="utf-8") as file:
             for line in file:
@@ -151,7 +151,7 @@ def cpu_model() -> str:
 
 
 def machine_description(device: torch.device) -> dict[str, object]:
-    """The hardware and software that a measurement ran on, and the load when it started."""
+    """Describe the hardware and software that a measurement runs on, and the current load."""
     info: dict[str, object] = {
         "cpu": cpu_model(),
         "logical_cores": os.cpu_count(),

@@ -28,8 +28,9 @@ How peak memory is measured:
   missing).
   Without the reset, the peak left by importing the libraries hides growths
   of tens of MiB. RSS counts pages that the C allocator keeps or reuses after
-  a free and misses allocations that were never touched, so it agrees with
-  the profiler only where large tensors dominate; the tables use the profiler.
+  a free, and it misses allocations that were never touched. It therefore
+  agrees with the profiler only where large tensors dominate, and the tables
+  use the profiler.
 
 Times are the median wall time of ``--repeats`` calls after ``--warmup``
 calls. Ratios compare each case with ``dense``; the "extra" columns subtract

@@ -150,7 +150,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     tying = parser.add_mutually_exclusive_group()
     tying.add_argument("--tied", dest="tying", action="store_const", const=["tied"], help="tied decoder only")
     tying.add_argument("--untied", dest="tying", action="store_const", const=["untied"], help="untied decoder only")
-    parser.add_argument("--data-dir", default="data", help="folder that holds ptb/ (default: data)")
+    parser.add_argument("--data-dir", default="data", help="folder that contains ptb/ (default: data)")
     parser.add_argument("--logdir", type=Path, help="write TensorBoard events under this folder (default: none)")
     args = parser.parse_args(argv)
     args.tying = args.tying or ["tied", "untied"]  # neither flag: both, tied first

@@ -94,7 +94,7 @@ def check_speed(config, args: argparse.Namespace, device: torch.device) -> list[
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--device", default="cuda", help="cuda, cuda:N, or cpu for a tiny dry run (default cuda)")
-    parser.add_argument("--data-dir", default="data", help="folder that holds ptb/ (default: data)")
+    parser.add_argument("--data-dir", default="data", help="folder that contains ptb/ (default: data)")
     parser.add_argument("--identity-steps", type=int, default=200, help="lockstep steps of the check (default 200)")
     parser.add_argument("--train-batches", type=int, default=200, help="timed batches per strategy (default 200)")
     parser.add_argument("--warmup", type=int, default=20, help="untimed batches before timing (default 20)")

@@ -20,7 +20,8 @@ def test_ptb_sizes(data_dir, tmp_path):
     corpus = load_corpus(split_files(data_dir / "ptb", "ptb.{split}.txt"), tmp_path, name="ptb")
     assert len(corpus.vocab) == 10000
     assert (corpus.train.numel(), corpus.valid.numel(), corpus.test.numel()) == (929589, 73760, 82430)
-    assert UNK in corpus.vocab.stoi and EOS in corpus.vocab.stoi
+    assert UNK in corpus.vocab.stoi
+    assert EOS in corpus.vocab.stoi
 
 
 def test_wikitext2_sizes(data_dir, tmp_path):

@@ -16,7 +16,6 @@ from one window to the next continues the same text.
 
 from __future__ import annotations
 
-import math
 
 import torch
 from torch import Tensor
@@ -58,7 +57,3 @@ class BPTTSampler:
         length = base + 5 * torch.randn((), generator=self.generator).item()
         return max(5, int(length))
 
-
-def count_windows(source: Tensor, bptt: int) -> int:
-    """Number of fixed-length windows that evaluation takes over ``source``."""
-    return math.ceil((source.size(0) - 1) / bptt)

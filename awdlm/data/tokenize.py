@@ -34,10 +34,10 @@ TOKENIZERS = ("whitespace", "chars")
 
 @dataclass(frozen=True)
 class TokenizerSettings:
-    """How split files become tokens and which tokens enter the vocabulary.
+    """Tokenization and vocabulary settings of a corpus.
 
-    ``level`` is what one token stands for, and at char level the trainer
-    reports bits per character. ``tokenizer`` selects how lines are cut. Character
+    ``level`` is the unit of one token (word or char). At char level the
+    trainer reports bits per character. ``tokenizer`` selects how lines are cut. Character
     corpora that ship with one character per whitespace-separated token, such
     as Mikolov's ``ptb.char.*.txt``, use level ``char`` with the
     ``whitespace`` tokenizer.

@@ -15,7 +15,7 @@ Hidden = list[tuple[Tensor, Tensor]]
 
 @dataclass
 class ModelOutput:
-    """What one forward pass returns; every tensor is time-major."""
+    """Outputs of one forward pass, every tensor time-major."""
 
     logits: Tensor  # (T, B, V)
     hidden: Hidden  # per layer, two (1, B, H_l) tensors
@@ -121,9 +121,4 @@ def activation_regularization(last_dropped: Tensor, alpha: float) -> Tensor:
 def temporal_activation_regularization(last_raw: Tensor, beta: float) -> Tensor:
     """TAR: ``beta`` times the mean squared change of the raw last-layer output between steps."""
     return beta * (last_raw[1:] - last_raw[:-1]).pow(2).mean()
-
-
-def count_parameters(model: nn.Module) -> int:
-    """Count distinct parameters, a tied matrix once."""
-    return sum(p.numel() for p in model.parameters())
 

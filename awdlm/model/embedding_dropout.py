@@ -1,8 +1,8 @@
 """Embedding dropout: drop whole word types from the embedding matrix.
 
 A Bernoulli(1 - p) mask of shape (V, 1) is drawn once per training forward and
-scaled by 1 / (1 - p), so a dropped word's vector is zero at every position of
-the batch and a kept word's vector is scaled up.
+scaled by 1 / (1 - p). A dropped word's vector is then zero at every position
+of the batch, and a kept word's vector is scaled up.
 
 Two strategies give the same numbers:
 

@@ -19,7 +19,7 @@ class NonMonotoneAveraging:
     After each validation, :meth:`observe` compares the loss with the best of
     all earlier losses except the last ``nonmono``; a worse loss starts the
     average. From then on :meth:`update` is called after every optimizer step,
-    and :attr:`averaged` holds the mean of the weights over those steps in its
+    and :attr:`averaged` contains the mean of the weights over those steps in its
     own copy of the model, so training continues on the untouched raw weights.
     """
 

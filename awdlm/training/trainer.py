@@ -311,7 +311,7 @@ class Trainer:
 
         With several ranks the returned raw loss is the mean over the ranks,
         and the gradients are already averaged when ``backward`` returns, so
-        clipping sees the same gradients on every rank. Raises NonFiniteError
+        clipping acts on the same gradients on every rank. Raises NonFiniteError
         before the optimizer step when the loss or the gradient norm is NaN or
         infinite on any rank, so the weights stay as they were.
         """
@@ -497,12 +497,14 @@ class Trainer:
                 self.start_checkpoint,
             )
             best = self.start_checkpoint
+
         checkpoint = load_checkpoint(best, self.device)
         test_model = build_model(config, len(self.vocab)).to(self.device)
         test_model.load_state_dict(checkpoint["eval_model"])
         test_loss, test_tokens = evaluate(
             test_model, self.test_data, config.trainer.bptt, config.trainer.limit_test_batches
         )
+
         metrics = {
             "best/val_loss": self.best_val_loss,
             "best/val_ppl": perplexity(self.best_val_loss),
@@ -511,6 +513,7 @@ class Trainer:
         }
         if self.level == "char":
             metrics["test/bpc"] = bits_per_character(test_loss)
+
         # The metrics double as the final scalars, at the last epoch's step.
         if self.writer is not None:
             self.writer.hparams(flatten(config), metrics, step=self.epoch)
