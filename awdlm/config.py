@@ -89,6 +89,8 @@ class TrainerConfig:
     # the averaged weights' validation losses (finetuning).
     stop_when_stalled: bool = False
     device: str = "auto"  # auto (CUDA when present), cpu, cuda or cuda:N
+    # fp32, or bf16: the training forward pass runs under bfloat16 autocast; evaluation stays float32.
+    precision: str = "fp32"
 
 
 @dataclass
@@ -147,6 +149,8 @@ def validate(config: Config) -> None:
         "dense or gather",
     )
     _check(0 <= config.embed_dropout.p < 1, "embed_dropout.p", config.embed_dropout.p, "a probability in [0, 1)")
+
+    _check(trainer.precision in ("fp32", "bf16"), "trainer.precision", trainer.precision, "fp32 or bf16")
 
     _check(optim.name in ("ntasgd", "adam"), "optim", optim.name, "ntasgd or adam")
     _check(optim.lr > 0, "optim.lr", optim.lr, "a number > 0")

@@ -13,14 +13,14 @@ from pathlib import Path
 
 import torch
 from hydra import compose, initialize_config_module
-from torch import Tensor, nn
+from torch import Tensor
 from torch.autograd import DeviceType
 from torch.profiler import ProfilerActivity, profile
 
 from awdlm.config import Config, TrainerConfig, to_config
 from awdlm.data import Corpus, TokenizerSettings, load_corpus
 from awdlm.model.awd_lstm import AWDLSTM, Hidden, detach_hidden
-from awdlm.training.trainer import training_loss
+from awdlm.training.trainer import clip_and_step, training_loss
 
 MIB = 2**20
 
@@ -50,23 +50,11 @@ def train_step(
     hidden: Hidden,
     trainer: TrainerConfig,
 ) -> tuple[Hidden, Tensor]:
-    """Run one forward, backward, clip and optimizer step; return the new hidden state and the raw loss.
-
-    The learning rate is scaled by ``seq_len / bptt`` for this step only, as in
-    the AWD-LSTM recipe: shorter windows carry less gradient signal.
-    """
-    group = optimizer.param_groups[0]
-    base_lr = group["lr"]
-    group["lr"] = base_lr * inputs.size(0) / trainer.bptt
-
+    """Run one training step as the trainer does; return the new hidden state and the raw loss."""
     hidden, raw_loss, loss = training_loss(model, inputs, targets, detach_hidden(hidden), trainer)
-
     optimizer.zero_grad(set_to_none=True)
     loss.backward()
-    if trainer.clip:
-        nn.utils.clip_grad_norm_(model.parameters(), trainer.clip)
-    optimizer.step()
-    group["lr"] = base_lr
+    clip_and_step(model, optimizer, torch.stack([raw_loss.detach(), loss.detach()]), inputs.size(0), trainer)
     return hidden, raw_loss
 
 

@@ -112,11 +112,14 @@ class FastaiStepper:
         group["lr"] = base_lr * inputs.size(0) / trainer.bptt
 
         # The decoder returns the logits, the raw and the dropped last-layer output, all (B, T, ...).
-        logits, raw, dropped = self.model(inputs.t().contiguous())
-        loss = F.cross_entropy(logits.reshape(-1, self.ntoken), targets.t().reshape(-1))
+        # With trainer.precision=bf16 the forward runs under the same autocast as awdlm's.
+        with torch.autocast(inputs.device.type, dtype=torch.bfloat16, enabled=trainer.precision == "bf16"):
+            logits, raw, dropped = self.model(inputs.t().contiguous())
+        loss = F.cross_entropy(logits.float().reshape(-1, self.ntoken), targets.t().reshape(-1))
         if trainer.alpha:
-            loss = loss + trainer.alpha * dropped.pow(2).mean()
+            loss = loss + trainer.alpha * dropped.float().pow(2).mean()
         if trainer.beta:
+            raw = raw.float()
             loss = loss + trainer.beta * (raw[:, 1:] - raw[:, :-1]).pow(2).mean()
 
         self.optimizer.zero_grad(set_to_none=True)
@@ -141,35 +144,47 @@ def make_batches(train: Tensor, bptt: int, count: int) -> list[tuple[Tensor, Ten
     return [get_batch(train, starts[i % len(starts)], bptt) for i in range(count)]
 
 
-def measure(stepper, batches: list[tuple[Tensor, Tensor]], args: argparse.Namespace, device: torch.device) -> dict:
-    """Time ``args.repeats`` runs of ``args.steps`` steps after warm-up, then take one step's peak memory."""
-    batch_iter = iter(batches)
-    for _ in range(args.warmup):
-        stepper(*next(batch_iter))
+def measure(steppers: list, batches: list[tuple[Tensor, Tensor]], args: argparse.Namespace, device: torch.device) -> list[dict]:
+    """Time ``args.repeats`` runs of ``args.steps`` steps per stepper after warm-up, then one step's peak memory.
+
+    The runs of the steppers take turns (awdlm, peer, awdlm, peer, ...), so a
+    change in machine speed during the benchmark affects all of them alike.
+    """
+    positions = [0] * len(steppers)
+
+    def run(index: int, count: int) -> None:
+        for _ in range(count):
+            steppers[index](*batches[positions[index]])
+            positions[index] += 1
+
+    for index in range(len(steppers)):
+        run(index, args.warmup)
     bench_common.synchronize(device)
 
-    run_seconds = []
+    run_seconds: list[list[float]] = [[] for _ in steppers]
     for _ in range(args.repeats):
-        start = time.perf_counter()
-        for _ in range(args.steps):
-            stepper(*next(batch_iter))
-        bench_common.synchronize(device)
-        run_seconds.append(time.perf_counter() - start)
+        for index in range(len(steppers)):
+            start = time.perf_counter()
+            run(index, args.steps)
+            bench_common.synchronize(device)
+            run_seconds[index].append(time.perf_counter() - start)
 
-    stepper.optimizer.zero_grad(set_to_none=True)  # gradients are allocated inside the measured step
-    inputs, targets = next(batch_iter)
-    peak = bench_common.peak_bytes(lambda: stepper(inputs, targets), device)
-
-    seconds = statistics.median(run_seconds)
-    tokens = args.steps * inputs.numel()
-    return {
-        "model": stepper.name,
-        "parameters": sum(p.numel() for p in stepper.model.parameters()),
-        "tokens_per_s": tokens / seconds,
-        "ms_per_batch": 1000 * seconds / args.steps,
-        "ms_per_batch_runs": [1000 * s / args.steps for s in run_seconds],
-        "step_peak_mib": peak / bench_common.MIB,
-    }
+    results = []
+    for index, stepper in enumerate(steppers):
+        stepper.optimizer.zero_grad(set_to_none=True)  # gradients are allocated inside the measured step
+        inputs, targets = batches[positions[index]]
+        peak = bench_common.peak_bytes(lambda: stepper(inputs, targets), device)
+        seconds = statistics.median(run_seconds[index])
+        tokens = args.steps * inputs.numel()
+        results.append({
+            "model": stepper.name,
+            "parameters": sum(p.numel() for p in stepper.model.parameters()),
+            "tokens_per_s": tokens / seconds,
+            "ms_per_batch": 1000 * seconds / args.steps,
+            "ms_per_batch_runs": [1000 * s / args.steps for s in run_seconds[index]],
+            "step_peak_mib": peak / bench_common.MIB,
+        })
+    return results
 
 
 def benchmark_config(config: Config, args: argparse.Namespace, device: torch.device) -> list[dict]:
@@ -179,13 +194,12 @@ def benchmark_config(config: Config, args: argparse.Namespace, device: torch.dev
     train = batchify(corpus.train, trainer.batch_size).to(device)  # (N, B)
     batches = make_batches(train, trainer.bptt, args.warmup + args.repeats * args.steps + 1)
 
-    steppers = [AWDLSTMStepper]
+    stepper_classes = [AWDLSTMStepper]
     if args.peer == "fastai":
-        steppers.append(FastaiStepper)
-    results = []
-    for stepper_class in steppers:
-        stepper = stepper_class(config, len(corpus.vocab), device)
-        result = measure(stepper, batches, args, device)
+        stepper_classes.append(FastaiStepper)
+    steppers = [stepper_class(config, len(corpus.vocab), device) for stepper_class in stepper_classes]
+    results = measure(steppers, batches, args, device)
+    for result in results:
         result.update(
             vocab_size=len(corpus.vocab),
             emsize=config.model.emsize,
@@ -196,14 +210,15 @@ def benchmark_config(config: Config, args: argparse.Namespace, device: torch.dev
             bptt=trainer.bptt,
             train_rows=train.size(0),
             embed_dropout=config.embed_dropout.strategy,
+            precision=trainer.precision,
         )
-        results.append(result)
-        del stepper
     return results
 
 
 def format_results(results: list[dict]) -> str:
-    headers = ["preset", "model", "params", "V", "batch", "tokens/s", "ms/batch", "step peak MiB", "tokens/s vs fastai"]
+    headers = [
+        "preset", "model", "precision", "params", "V", "batch", "tokens/s", "ms/batch", "step peak MiB", "tokens/s vs fastai"
+    ]
     fastai = {r["preset"]: r["tokens_per_s"] for r in results if r["model"] == "fastai"}
     rows = []
     for r in results:
@@ -211,6 +226,7 @@ def format_results(results: list[dict]) -> str:
         rows.append([
             r["preset"],
             r["model"] if r["model"] == "fastai" else f"awdlm ({r['embed_dropout']})",
+            r["precision"],
             f"{r['parameters'] / 1e6:.2f} M",
             r["vocab_size"],
             f"{r['bptt']} x {r['batch_size']}",

@@ -65,6 +65,11 @@ def test_invalid_device_rejected():
         load(["trainer.device=tpu"])
 
 
+def test_invalid_precision_rejected():
+    with pytest.raises(ConfigError, match=r"trainer\.precision='fp16'.*fp32 or bf16"):
+        load(["trainer.precision=fp16"])
+
+
 def test_wrong_type_rejected():
     with pytest.raises(ValidationError):
         load(["model.nhid=many"])

@@ -26,7 +26,7 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 from awdlm.config import ConfigError
 from awdlm.train import load_dataset, resume
 from awdlm.training.checkpoint import CheckpointError, NonFiniteError, save_checkpoint
-from awdlm.training.trainer import Trainer
+from awdlm.training.trainer import EpochProgress, Trainer
 
 EPOCHS = 4
 BATCHES = 40  # trainer.limit_train_batches in the tiny config
@@ -189,7 +189,7 @@ def test_resume_cli_missing_directory(tmp_path):
     assert not (tmp_path / "missing").exists()
 
 
-def test_nan_loss_stops_before_step(data_dir, cache_dir, tmp_path):
+def test_nan_loss_changes_no_weight(data_dir, cache_dir, tmp_path):
     config = compose_config(data_dir, cache_dir, ["trainer.checkpoint_every=2", "trainer.epochs=1"])
     trainer = Trainer(config, load_dataset(config), tmp_path / "run")
     compute_loss = trainer.compute_loss
@@ -206,14 +206,30 @@ def test_nan_loss_stops_before_step(data_dir, cache_dir, tmp_path):
     with pytest.raises(NonFiniteError) as raised:
         trainer.fit()
     message = str(raised.value)
-    assert "epoch 1, batch 5" in message
+    assert "epoch 1, batch 5 (step 5)" in message
+    # The check runs before the checkpoint at step 6, so step 6 was skipped too.
+    assert "that step and the 1 after it changed no weight" in message
     assert f"the last good checkpoint is {tmp_path / 'run' / 'last.pt'}" in message
 
     last = load(tmp_path / "run" / "last.pt")
     assert last["step"] == 4
     assert all(torch.isfinite(t).all() for t in last["model"].values())
-    # The failed batch changed no weight: the model still equals the step-4 checkpoint.
+    # The failed batch and the one after it changed no weight: the model still equals the step-4 checkpoint.
     assert_same_tensors({k: v.detach() for k, v in trainer.model.state_dict().items()}, last["model"])
+
+
+def test_bf16_precision_trains(data_dir, cache_dir, tmp_path):
+    config = compose_config(data_dir, cache_dir, ["trainer.precision=bf16", "trainer.limit_train_batches=5"])
+    trainer = Trainer(config, load_dataset(config), tmp_path / "run")
+    before = {k: v.clone() for k, v in trainer.model.state_dict().items()}
+    trainer.epoch, trainer.progress = 1, EpochProgress()
+    result = trainer.train_epoch()
+
+    assert 0 < result.loss < 15
+    assert all(p.dtype == torch.float32 for p in trainer.model.parameters())
+    changed = [k for k, v in trainer.model.state_dict().items() if not torch.equal(v, before[k])]
+    assert "encoder.weight" in changed
+    assert "rnns.0.lstm.weight_hh_l0" in changed
 
 
 def test_checkpoint_rejects_nan(tmp_path):

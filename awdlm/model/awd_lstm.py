@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from torch import Tensor, nn
 
 from awdlm.model.embedding_dropout import embedding_dropout
+from awdlm.model.linear_cross_entropy import linear_cross_entropy
 from awdlm.model.locked_dropout import LockedDropout
 from awdlm.model.weight_drop import WeightDropLSTM
 
@@ -15,12 +16,17 @@ Hidden = list[tuple[Tensor, Tensor]]
 
 @dataclass
 class ModelOutput:
-    """Outputs of one forward pass, every tensor time-major."""
+    """Outputs of one forward pass, every tensor time-major.
 
-    logits: Tensor  # (T, B, V)
+    A forward with ``targets`` returns ``loss`` and no ``logits``; one without
+    returns ``logits`` and no ``loss``.
+    """
+
+    logits: Tensor | None  # (T, B, V)
     hidden: Hidden  # per layer, two (1, B, H_l) tensors
     last_raw: Tensor  # (T, B, H_last): last LSTM layer's output before dropout, for TAR
     last_dropped: Tensor  # (T, B, H_last): the same after output dropout, for AR
+    loss: Tensor | None = None  # mean cross-entropy per target token, nats
 
 
 class AWDLSTM(nn.Module):
@@ -84,8 +90,12 @@ class AWDLSTM(nn.Module):
             for rnn in self.rnns
         ]
 
-    def forward(self, words: Tensor, hidden: Hidden) -> ModelOutput:
-        # words: (T, B) word ids.
+    def forward(self, words: Tensor, hidden: Hidden, targets: Tensor | None = None) -> ModelOutput:
+        """Run the model on ``words`` (T, B); with ``targets`` (T, B), return the loss in place of the logits.
+
+        The loss goes through :func:`linear_cross_entropy`, which computes the
+        decoder and cross-entropy in chunks and never holds the (T, B, V) logits.
+        """
         emb = embedding_dropout(
             words,
             self.encoder.weight,
@@ -104,6 +114,9 @@ class AWDLSTM(nn.Module):
         last_raw = output
         last_dropped = self.locked_dropout(output, self.dropout)
 
+        if targets is not None:
+            loss = linear_cross_entropy(last_dropped, self.decoder.weight, self.decoder.bias, targets)
+            return ModelOutput(None, new_hidden, last_raw, last_dropped, loss)
         logits = self.decoder(last_dropped)  # (T, B, V)
         return ModelOutput(logits, new_hidden, last_raw, last_dropped)
 
@@ -114,11 +127,12 @@ def detach_hidden(hidden: Hidden) -> Hidden:
 
 
 def activation_regularization(last_dropped: Tensor, alpha: float) -> Tensor:
-    """AR: ``alpha`` times the mean squared activation of the dropped last-layer output."""
-    return alpha * last_dropped.pow(2).mean()
+    """AR: ``alpha`` times the mean squared activation of the dropped last-layer output, in float32 or wider."""
+    return alpha * last_dropped.float().pow(2).mean()
 
 
 def temporal_activation_regularization(last_raw: Tensor, beta: float) -> Tensor:
-    """TAR: ``beta`` times the mean squared change of the raw last-layer output between steps."""
+    """TAR: ``beta`` times the mean squared change of the raw last-layer output between steps, in float32 or wider."""
+    last_raw = last_raw.float()
     return beta * (last_raw[1:] - last_raw[:-1]).pow(2).mean()
 

@@ -12,7 +12,6 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from omegaconf import OmegaConf
 from torch import Tensor, nn
 from torch.nn.parallel import DistributedDataParallel
@@ -73,10 +72,11 @@ def build_model(config: Config, ntoken: int) -> AWDLSTM:
 
 
 def build_optimizer(config: Config, model: nn.Module) -> torch.optim.Optimizer:
+    """Build the fused SGD or Adam, whose step can be skipped on the device (see :func:`clip_and_step`)."""
     optim = config.optim
     if optim.name == "adam":
-        return torch.optim.Adam(model.parameters(), lr=optim.lr, weight_decay=optim.wdecay)
-    return torch.optim.SGD(model.parameters(), lr=optim.lr, weight_decay=optim.wdecay)
+        return torch.optim.Adam(model.parameters(), lr=optim.lr, weight_decay=optim.wdecay, fused=True)
+    return torch.optim.SGD(model.parameters(), lr=optim.lr, weight_decay=optim.wdecay, fused=True)
 
 
 def resolve_device(name: str) -> torch.device:
@@ -104,7 +104,9 @@ class EpochProgress:
     row: int = 0  # first row of the next BPTT window in the training columns
     batches: int = 0  # optimizer steps taken in this epoch
     hidden: Hidden | None = None  # state carried into the next window; None until the first batch
-    total_loss: float = 0.0  # sum over the epoch's tokens of the cross-entropy (nats), without AR/TAR
+    # Sum over the epoch's tokens of the cross-entropy (nats) without AR/TAR: a float, or
+    # a float64 tensor on the training device while an epoch runs.
+    total_loss: float | Tensor = 0.0
     tokens: int = 0
     seconds: float = 0.0  # training time spent in this epoch, excluding validation
 
@@ -113,7 +115,7 @@ class EpochProgress:
             "row": self.row,
             "batches": self.batches,
             "hidden": None if self.hidden is None else [list(pair) for pair in self.hidden],
-            "total_loss": self.total_loss,
+            "total_loss": float(self.total_loss),
             "tokens": self.tokens,
             "seconds": self.seconds,
         }
@@ -162,16 +164,56 @@ class StopRequest:
 def training_loss(
     model: AWDLSTM | DistributedDataParallel, inputs: Tensor, targets: Tensor, hidden: Hidden, trainer: TrainerConfig
 ) -> tuple[Hidden, Tensor, Tensor]:
-    """Run the forward pass; return the new hidden state, the cross-entropy and the loss with AR/TAR."""
-    output = model(inputs, hidden)
-    logits = output.logits.view(-1, output.logits.size(-1))  # (T * B, V)
-    raw_loss = F.cross_entropy(logits, targets.reshape(-1))
-    loss = raw_loss
+    """Run the forward pass; return the new hidden state, the cross-entropy and the loss with AR/TAR.
+
+    With ``trainer.precision=bf16`` the forward pass runs under bfloat16
+    autocast; the cross-entropy and the AR/TAR terms are computed in float32.
+    """
+    with torch.autocast(inputs.device.type, dtype=torch.bfloat16, enabled=trainer.precision == "bf16"):
+        output = model(inputs, hidden, targets)
+    raw_loss = loss = output.loss
     if trainer.alpha:
         loss = loss + activation_regularization(output.last_dropped, trainer.alpha)
     if trainer.beta:
         loss = loss + temporal_activation_regularization(output.last_raw, trainer.beta)
     return output.hidden, raw_loss, loss
+
+
+def clip_and_step(
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    losses: Tensor,
+    seq_len: int,
+    trainer: TrainerConfig,
+    skip: Tensor | None = None,
+) -> tuple[Tensor, Tensor]:
+    """Clip the gradients and take the optimizer step; return the gradient norm and whether the step was skipped.
+
+    Both are tensors on the device, the second a bool.
+    The step is skipped, on the device and without waiting for it, when any
+    of ``losses``, the gradient norm or ``skip`` is not finite or True: the
+    fused optimizers of :func:`build_optimizer` read ``optimizer.found_inf``,
+    the flag that :class:`torch.amp.GradScaler` sets, and leave the weights
+    and their state unchanged when it is 1. The learning rate is scaled by
+    ``seq_len / trainer.bptt`` for this step only: shorter windows carry less
+    gradient signal.
+    """
+    parameters = [p for p in model.parameters() if p.grad is not None]
+    if trainer.clip:
+        grad_norm = nn.utils.clip_grad_norm_(parameters, trainer.clip, foreach=True)
+    else:
+        grad_norm = nn.utils.get_total_norm([p.grad for p in parameters], foreach=True)
+    skipped = ~(torch.isfinite(losses).all() & torch.isfinite(grad_norm))
+    if skip is not None:
+        skipped = skipped | skip
+    optimizer.found_inf = skipped.float()
+
+    group = optimizer.param_groups[0]
+    base_lr = group["lr"]
+    group["lr"] = base_lr * seq_len / trainer.bptt
+    optimizer.step()
+    group["lr"] = base_lr
+    return grad_norm, skipped
 
 
 class Trainer:
@@ -232,6 +274,9 @@ class Trainer:
         self.purge_step: int | None = None
         self.stop_request = StopRequest()
         self.writer: MetricsWriter | None = None
+        # Step number, loss and gradient norm of the first step whose loss or gradient norm was not
+        # finite, kept on the device so that no step waits for it; -1 while every step was finite.
+        self.first_failure = torch.full((3,), -1.0, dtype=torch.float64, device=self.device)
 
     @property
     def last_epoch(self) -> int:
@@ -266,23 +311,28 @@ class Trainer:
             disable=not self.group.is_main,
         )
         while progress.row < rows - 2 and (limit is None or progress.batches < limit):
-            self.stop_if_requested(progress.seconds + time.perf_counter() - start)
+            # With several ranks the ranks agree on a signal only at log lines, because that needs a collective.
+            if not self.group.enabled or progress.batches % trainer.log_interval == 0:
+                self.stop_if_requested(progress.seconds + time.perf_counter() - start)
             seq_len = self.sampler.sample()
             inputs, targets = get_batch(self.train_data, progress.row, seq_len)  # (T, B) each
             hidden, raw_loss = self.train_step(inputs, targets, progress.hidden)
 
             batch_tokens = targets.numel() * self.group.world_size  # tokens over all ranks
+            batch_loss = raw_loss.detach().double() * batch_tokens
             progress.hidden = detach_hidden(hidden)
-            progress.total_loss += raw_loss.item() * batch_tokens
+            # A tensor on the device until the next sync point, so that no step waits for the loss.
+            progress.total_loss = progress.total_loss + batch_loss
             progress.tokens += batch_tokens
             progress.batches += 1
             progress.row += inputs.size(0)
             self.step += 1
-            interval_loss += raw_loss.detach() * batch_tokens
+            interval_loss += batch_loss
             interval_tokens += batch_tokens
             bar.update(batch_tokens)
 
             if progress.batches % trainer.log_interval == 0:
+                self.check_finite()
                 loss = interval_loss.item() / interval_tokens
                 elapsed = time.perf_counter() - interval_start
                 bar.set_postfix(
@@ -299,6 +349,8 @@ class Trainer:
                 start = time.perf_counter()
                 self.save_last()
         bar.close()
+        self.check_finite()
+        progress.total_loss = float(progress.total_loss)
         progress.seconds += time.perf_counter() - start
         return EpochResult(progress.total_loss / max(progress.tokens, 1), progress.tokens, progress.seconds)
 
@@ -311,46 +363,49 @@ class Trainer:
 
         With several ranks the returned raw loss is the mean over the ranks,
         and the gradients are already averaged when ``backward`` returns, so
-        clipping acts on the same gradients on every rank. Raises NonFiniteError
-        before the optimizer step when the loss or the gradient norm is NaN or
-        infinite on any rank, so the weights stay as they were.
+        clipping acts on the same gradients on every rank.
+
+        Nothing here waits for the device. A step whose loss or gradient norm
+        is NaN or infinite on any rank changes no weight, and neither does any
+        later step. :meth:`check_finite` raises NonFiniteError for it at the
+        next log line, checkpoint or epoch end.
         """
         trainer = self.config.trainer
         hidden, raw_loss, loss = self.compute_loss(inputs, targets, hidden)
 
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
-        parameters = [p for p in self.model.parameters() if p.grad is not None]
-        if trainer.clip:
-            grad_norm = nn.utils.clip_grad_norm_(parameters, trainer.clip)
-        else:
-            grad_norm = nn.utils.get_total_norm([p.grad for p in parameters])
-        # One host sync per step: both values must be finite before the weights change.
-        # The mean over the ranks is NaN when any rank's loss is, so every rank raises together.
+        # The mean over the ranks is NaN when any rank's loss is, so every rank skips together.
         losses = mean_over_ranks(torch.stack([raw_loss.detach().float(), loss.detach().float()]), self.group)
-        raw_loss = losses[0]
-        if not torch.isfinite(torch.cat([losses, grad_norm.float().reshape(1)])).all():
-            self.raise_non_finite(losses[1].item(), grad_norm.item())
-
-        group = self.optimizer.param_groups[0]
-        base_lr = group["lr"]
-        # Shorter windows carry less gradient signal, so the step size follows the length.
-        group["lr"] = base_lr * inputs.size(0) / trainer.bptt
-        self.optimizer.step()
-        group["lr"] = base_lr
+        failed_before = self.first_failure[0] >= 0
+        grad_norm, skipped = clip_and_step(
+            self.model, self.optimizer, losses, inputs.size(0), trainer, skip=failed_before
+        )
         self.averaging.update(self.model)
-        return hidden, raw_loss
 
-    def raise_non_finite(self, loss: float, grad_norm: float) -> None:
+        # Keep the step number, loss and gradient norm of the first failed step for the error message.
+        # torch.full writes the step number on the device; torch.tensor would wait for a copy.
+        step = torch.full((), self.step + 1, dtype=torch.float64, device=self.device)
+        record = torch.stack([step, losses[1].double(), grad_norm.double()])
+        self.first_failure = torch.where(skipped & ~failed_before, record, self.first_failure)
+        return hidden, losses[0]
+
+    def check_finite(self) -> None:
+        """Raise NonFiniteError if a step since the last check had a NaN or infinite loss or gradient norm."""
+        step, loss, grad_norm = self.first_failure.tolist()
+        if step < 0:
+            return
+        step = int(step)
+        batch = self.progress.batches - (self.step - step) if self.progress is not None else None
+        position = f"batch {batch} (step {step})" if batch is not None and batch >= 1 else f"step {step}"
         if self.last_checkpoint.is_file():
             last_good = f"the last good checkpoint is {self.last_checkpoint}"
         else:
             last_good = "no checkpoint has been written yet"
         raise NonFiniteError(
-            f"non-finite training loss ({loss}) or gradient norm ({grad_norm}) at epoch {self.epoch}, "
-            f"batch {self.progress.batches + 1} (step {self.step + 1}); the optimizer step was skipped and "
-            f"{last_good}. Lower optim.lr or trainer.clip, then resume with "
-            f"python -m awdlm.train resume={self.run_dir}"
+            f"non-finite training loss ({loss}) or gradient norm ({grad_norm}) at epoch {self.epoch}, {position}; "
+            f"that step and the {self.step - step} after it changed no weight, and {last_good}. "
+            f"Lower optim.lr or trainer.clip, then resume with python -m awdlm.train resume={self.run_dir}"
         )
 
     def stop_if_requested(self, epoch_seconds: float) -> None:
@@ -583,6 +638,7 @@ class Trainer:
         self.group.barrier()
 
     def save_last(self) -> None:
+        self.check_finite()
         state = self.state_dict()
         if self.group.is_main:
             save_checkpoint(state, self.last_checkpoint)
