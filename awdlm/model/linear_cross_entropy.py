@@ -72,7 +72,9 @@ class _LinearCrossEntropy(torch.autograd.Function):
 
                 # The gradient of the chunk's summed loss: softmax(logits) - one_hot(targets).
                 grad_logits = log_probs.exp_()
-                grad_logits.scatter_add_(1, t, grad_logits.new_full(t.shape, -1.0))
+                # A one-dimensional scatter_add_ is deterministic on CUDA as well.
+                positions = torch.arange(0, grad_logits.numel(), grad_logits.size(1), device=t.device) + t.squeeze(1)
+                grad_logits.view(-1).scatter_add_(0, positions, grad_logits.new_full(positions.shape, -1.0))
                 if need_bias:
                     grad_bias += grad_logits.sum(0)
                 grad_logits = grad_logits.to(dtype)
