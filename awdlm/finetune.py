@@ -32,10 +32,12 @@ from omegaconf import DictConfig
 from awdlm.config import ConfigError
 from awdlm.evaluation.scoring import evaluate, perplexity
 from awdlm.runs import (
+    check_new_run_dir,
     check_vocabulary,
     checkpoint_config,
     command_line_overrides,
     open_checkpoint,
+    save_hydra_record,
     training_session,
     with_overrides,
 )
@@ -97,6 +99,8 @@ def main(cfg: DictConfig) -> float:
     run_dir = Path(HydraConfig.get().runtime.output_dir)
     overrides = command_line_overrides(cfg, skip=("run", "checkpoint", "resume"))
     with training_session():
+        check_new_run_dir(run_dir)
+        save_hydra_record(cfg, run_dir)
         metrics = finetune(Path(to_absolute_path(cfg.run)), run_dir, overrides, cfg.checkpoint)
     return metrics["best/val_loss"]
 

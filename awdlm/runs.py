@@ -25,6 +25,7 @@ from awdlm.data.tokenize import CorpusFormatError
 from awdlm.model.awd_lstm import AWDLSTM
 from awdlm.training.checkpoint import (
     BEST_CHECKPOINT,
+    LAST_CHECKPOINT,
     CheckpointError,
     NonFiniteError,
     find_checkpoint,
@@ -48,6 +49,34 @@ LOCATION_KEYS = (
     "trainer.device",
     "trainer.log_interval",
 )
+
+
+def check_new_run_dir(run_dir: Path) -> None:
+    """Raise ConfigError when ``run_dir`` already contains a run's checkpoints, so they are never overwritten."""
+    existing = [name for name in (LAST_CHECKPOINT, BEST_CHECKPOINT) if (run_dir / name).exists()]
+    if existing:
+        raise ConfigError(
+            f"run directory {run_dir} already contains a run ({', '.join(existing)}): continue it with "
+            f"resume={run_dir}, or choose another folder with hydra.run.dir=..."
+        )
+
+
+def save_hydra_record(cfg: DictConfig, run_dir: Path) -> None:
+    """Write the composed config, Hydra's config and the command-line overrides into ``run_dir/.hydra``.
+
+    Hydra writes these files itself before the command starts, unless
+    ``hydra.output_subdir`` is null as in ``awdlm/conf``. Writing them after
+    :func:`check_new_run_dir` leaves the record of an existing run as it was
+    when a command is rejected.
+    """
+    from hydra.core.hydra_config import HydraConfig
+
+    hydra_config = HydraConfig.get()
+    folder = run_dir / ".hydra"
+    folder.mkdir(parents=True, exist_ok=True)
+    OmegaConf.save(cfg, folder / "config.yaml")
+    OmegaConf.save(OmegaConf.create({"hydra": hydra_config}), folder / "hydra.yaml")
+    OmegaConf.save(hydra_config.overrides.task, folder / "overrides.yaml")
 
 
 def checkpoint_config(state: dict[str, Any]) -> Config:

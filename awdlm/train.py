@@ -44,13 +44,15 @@ from awdlm.data.corpus import check_split_lengths
 from awdlm.data.download import ensure_dataset
 from awdlm.runs import (
     LOCATION_KEYS,
+    check_new_run_dir,
     check_vocabulary,
     checkpoint_config,
     command_line_overrides,
+    save_hydra_record,
     training_session,
     with_overrides,
 )
-from awdlm.training.checkpoint import BEST_CHECKPOINT, LAST_CHECKPOINT, CheckpointError, find_checkpoint, load_checkpoint
+from awdlm.training.checkpoint import LAST_CHECKPOINT, CheckpointError, find_checkpoint, load_checkpoint
 from awdlm.training.distributed import (
     ProcessGroup,
     destroy_process_group,
@@ -66,6 +68,10 @@ RESUME_KEYS = LOCATION_KEYS + ("trainer.checkpoint_every", "trainer.epochs")
 
 # Names a run's output folder after its overrides; "defaults" when there are none.
 OmegaConf.register_new_resolver("run_name", lambda overrides: overrides or "defaults", replace=True)
+# A resumed run logs into its own folder; a resume of a missing folder falls back to a new one.
+OmegaConf.register_new_resolver(
+    "resume_or", lambda resume, default: resume if resume and Path(resume).is_dir() else default, replace=True
+)
 
 
 def config_differences(left: Config, right: Config, ignore: tuple[str, ...] = ()) -> list[str]:
@@ -170,10 +176,16 @@ def resume(run_dir: Path, overrides: dict[str, Any] | None = None, group: Proces
     trainer.restore(state)
     handler = None
     if group.is_main:
-        # The resumed run's log continues the run's own log file.
-        handler = logging.FileHandler(run_dir / "train.log")
-        handler.setFormatter(logging.Formatter("[%(asctime)s][%(name)s][%(levelname)s] - %(message)s"))
-        logging.getLogger().addHandler(handler)
+        # The resumed run's log continues the run's own log file, which the
+        # command line's Hydra logging already writes to.
+        log_file = (run_dir / "train.log").resolve()
+        if not any(
+            isinstance(h, logging.FileHandler) and Path(h.baseFilename).resolve() == log_file
+            for h in logging.getLogger().handlers
+        ):
+            handler = logging.FileHandler(log_file)
+            handler.setFormatter(logging.Formatter("[%(asctime)s][%(name)s][%(levelname)s] - %(message)s"))
+            logging.getLogger().addHandler(handler)
     log.info("resuming %s from %s", run_dir, path)
     try:
         return trainer.fit()
@@ -195,16 +207,6 @@ def quiet_other_ranks(group: ProcessGroup) -> None:
     root.setLevel(logging.WARNING)
 
 
-def check_new_run_dir(run_dir: Path) -> None:
-    """Raise ConfigError when ``run_dir`` already contains a run's checkpoints, so they are never overwritten."""
-    existing = [name for name in (LAST_CHECKPOINT, BEST_CHECKPOINT) if (run_dir / name).exists()]
-    if existing:
-        raise ConfigError(
-            f"run directory {run_dir} already contains a run ({', '.join(existing)}): continue it with "
-            f"resume={run_dir}, or choose another folder with hydra.run.dir=..."
-        )
-
-
 @hydra.main(version_base="1.3", config_path="conf", config_name="config")
 def main(cfg: DictConfig) -> float:
     resume_dir = cfg.get("resume")
@@ -223,6 +225,8 @@ def main(cfg: DictConfig) -> float:
                 # Pass hydra.run.dir=... under torchrun to get a single directory.
                 run_dir = Path(group.broadcast_object(HydraConfig.get().runtime.output_dir))
                 check_new_run_dir(run_dir)
+                if group.is_main:
+                    save_hydra_record(cfg, run_dir)
                 log.info("run directory %s", run_dir)
                 metrics = run(to_config(cfg), run_dir, group)
     finally:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import platform
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -20,6 +21,7 @@ from torch.profiler import ProfilerActivity, profile
 from awdlm.config import Config, TrainerConfig, to_config
 from awdlm.data import Corpus, TokenizerSettings, load_corpus
 from awdlm.model.awd_lstm import AWDLSTM, Hidden, detach_hidden
+from awdlm.runs import USER_ERRORS
 from awdlm.training.trainer import clip_and_step, training_loss
 
 MIB = 2**20
@@ -39,7 +41,21 @@ def load_config_corpus(config: Config) -> Corpus:
     )
     folder = Path(dataset.path)
     files = {split: folder / getattr(dataset, split) for split in ("train", "valid", "test")}
+    missing = [str(path) for path in files.values() if not path.is_file()]
+    if missing:
+        raise FileNotFoundError(
+            f"corpus files not found: {', '.join(missing)}; pass --data-dir DIR, the folder that holds ptb/ "
+            f"and wikitext-2/ (python -m awdlm.data download all fetches them)"
+        )
     return load_corpus(files, cache_dir=None, name=dataset.name, settings=settings)
+
+
+def run_script(main) -> None:
+    """Call ``main()`` and print an input error as one line, as the awdlm commands do, in place of a traceback."""
+    try:
+        main()
+    except USER_ERRORS as error:
+        sys.exit(f"error: {error}")
 
 
 def train_step(

@@ -144,7 +144,9 @@ def make_batches(train: Tensor, bptt: int, count: int) -> list[tuple[Tensor, Ten
     return [get_batch(train, starts[i % len(starts)], bptt) for i in range(count)]
 
 
-def measure(steppers: list, batches: list[tuple[Tensor, Tensor]], args: argparse.Namespace, device: torch.device) -> list[dict]:
+def measure(
+    steppers: list, batches: list[tuple[Tensor, Tensor]], args: argparse.Namespace, device: torch.device
+) -> list[dict]:
     """Time ``args.repeats`` runs of ``args.steps`` steps per stepper after warm-up, then one step's peak memory.
 
     The runs of the steppers take turns (awdlm, peer, awdlm, peer, ...), so a
@@ -287,7 +289,7 @@ def main(argv: list[str] | None = None) -> dict:
     machine = bench_common.machine_description(device)
     print(f"machine: {bench_common.format_machine(machine)}")
     print(
-        f"median of {args.repeats} runs of {args.steps} steps after {args.warmup} warm-up steps; "
+        f"median of {args.repeats} run(s) of {args.steps} steps after {args.warmup} warm-up step(s); "
         f"overrides: {' '.join(args.overrides) or 'none'}"
     )
     print(format_results(results))
@@ -299,4 +301,4 @@ def main(argv: list[str] | None = None) -> dict:
 
 
 if __name__ == "__main__":
-    main()
+    bench_common.run_script(main)

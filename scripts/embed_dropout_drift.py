@@ -193,4 +193,4 @@ def main(argv: list[str] | None = None) -> dict[str, DriftSummary]:
 
 
 if __name__ == "__main__":
-    main()
+    bench_common.run_script(main)

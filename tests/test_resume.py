@@ -236,3 +236,14 @@ def test_checkpoint_rejects_nan(tmp_path):
     with pytest.raises(NonFiniteError, match=r"model\.weight contains NaN"):
         save_checkpoint({"model": {"weight": torch.tensor([1.0, math.nan])}}, tmp_path / "last.pt")
     assert not (tmp_path / "last.pt").exists()
+
+
+def test_resume_extends_finished_run(finished_run, cache_dir):
+    tested = load(finished_run / "last.pt")
+    assert tested["final_metrics"] is not None
+
+    metrics = resume(finished_run, {"trainer.epochs": EPOCHS + 1, "cache_dir": str(cache_dir)})
+    extended = load(finished_run / "last.pt")
+    assert extended["epoch"] == EPOCHS + 1
+    assert extended["final_metrics"] == metrics
+    assert f"epochs: {EPOCHS + 1}" in (finished_run / "config.yaml").read_text()

@@ -112,14 +112,35 @@ def test_missing_corpus_names_path(tmp_path):
     assert "dataset.download=false" in result.stderr
 
 
+def run_files(run_dir: Path) -> dict[str, bytes]:
+    """Every file of a run folder with its contents, except train.log, to which each command appends."""
+    return {
+        str(p.relative_to(run_dir)): p.read_bytes()
+        for p in sorted(run_dir.rglob("*"))
+        if p.is_file() and p.name != "train.log"
+    }
+
+
 def test_existing_run_dir_not_overwritten(dense_run, data_dir):
     root, _ = dense_run
-    best = (root / "run" / "best.pt").read_bytes()
-    result = train([f"hydra.run.dir={root / 'run'}"], data_dir, root / "cache")
+    before = run_files(root / "run")
+    result = train([f"hydra.run.dir={root / 'run'}", "trainer.limit_train_batches=3"], data_dir, root / "cache")
     assert result.returncode != 0
     assert "already contains a run" in result.stderr
     assert f"resume={root / 'run'}" in result.stderr
-    assert (root / "run" / "best.pt").read_bytes() == best
+    assert ".hydra/overrides.yaml" in before
+    assert run_files(root / "run") == before
+
+
+def test_resume_finished_run_changes_nothing(dense_run, tmp_path):
+    root, _ = dense_run
+    before = run_files(root / "run")
+    command = [sys.executable, "-m", "awdlm.train", f"resume={root / 'run'}"]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=600, env=ENV, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "already finished at epoch 2" in result.stdout + result.stderr
+    assert run_files(root / "run") == before
+    assert list(tmp_path.iterdir()) == []  # no Hydra output folder beside the command
 
 
 def test_user_error_without_traceback(data_dir, tmp_path):

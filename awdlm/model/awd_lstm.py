@@ -94,7 +94,7 @@ class AWDLSTM(nn.Module):
         """Run the model on ``words`` (T, B); with ``targets`` (T, B), return the loss in place of the logits.
 
         The loss goes through :func:`linear_cross_entropy`, which computes the
-        decoder and cross-entropy in chunks and never holds the (T, B, V) logits.
+        decoder and cross-entropy in chunks and never keeps the (T, B, V) logits.
         """
         emb = embedding_dropout(
             words,

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import torch
 from torch import nn
 from torch.optim.swa_utils import AveragedModel
 
@@ -43,8 +44,23 @@ class NonMonotoneAveraging:
         self.averaged = AveragedModel(model)
 
     def update(self, model: nn.Module) -> None:
-        if self.averaged is not None:
-            self.averaged.update_parameters(model)
+        """Fold the current weights of ``model`` into the running mean.
+
+        This is the mean that ``AveragedModel.update_parameters`` keeps. That
+        method copies the step count ``n_averaged``, a CPU tensor, to the GPU
+        on every step, and the copy waits for the GPU's queued work. Here the
+        count is read on the CPU, so nothing waits.
+        """
+        if self.averaged is None:
+            return
+        count = int(self.averaged.n_averaged)
+        with torch.no_grad():
+            for averaged, current in zip(self.averaged.module.parameters(), model.parameters(), strict=True):
+                if count == 0:
+                    averaged.copy_(current)
+                else:
+                    averaged.lerp_(current, 1 / (count + 1))
+        self.averaged.n_averaged += 1
 
     def eval_model(self, model: nn.Module) -> nn.Module:
         """Return the model whose weights evaluation and checkpoints use."""

@@ -16,6 +16,7 @@ from omegaconf import OmegaConf
 from torch import Tensor, nn
 from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
+from tqdm.contrib.logging import logging_redirect_tqdm
 
 from awdlm.config import Config, TrainerConfig, flatten
 from awdlm.data import BPTTSampler, Corpus, batchify, get_batch
@@ -189,13 +190,13 @@ def clip_and_step(
 ) -> tuple[Tensor, Tensor]:
     """Clip the gradients and take the optimizer step; return the gradient norm and whether the step was skipped.
 
-    Both are tensors on the device, the second a bool.
-    The step is skipped, on the device and without waiting for it, when any
-    of ``losses``, the gradient norm or ``skip`` is not finite or True: the
-    fused optimizers of :func:`build_optimizer` read ``optimizer.found_inf``,
-    the flag that :class:`torch.amp.GradScaler` sets, and leave the weights
-    and their state unchanged when it is 1. The learning rate is scaled by
-    ``seq_len / trainer.bptt`` for this step only: shorter windows carry less
+    Both are tensors on the device, the second a bool. The step is skipped
+    when ``losses`` or the gradient norm is not finite, or when ``skip`` is
+    True, and nothing waits for the device to decide it: the fused optimizers
+    of :func:`build_optimizer` read ``optimizer.found_inf``, the flag that
+    :class:`torch.amp.GradScaler` sets, and leave the weights and their state
+    unchanged when it is 1. The learning rate is scaled by ``seq_len /
+    trainer.bptt`` for this step only, because shorter windows carry less
     gradient signal.
     """
     parameters = [p for p in model.parameters() if p.grad is not None]
@@ -274,6 +275,7 @@ class Trainer:
         self.purge_step: int | None = None
         self.stop_request = StopRequest()
         self.writer: MetricsWriter | None = None
+        self.final_metrics: dict[str, float] | None = None  # set once the best checkpoint was tested
         # Step number, loss and gradient norm of the first step whose loss or gradient norm was not
         # finite, kept on the device so that no step waits for it; -1 while every step was finite.
         self.first_failure = torch.full((3,), -1.0, dtype=torch.float64, device=self.device)
@@ -297,19 +299,37 @@ class Trainer:
             progress.hidden = self.model.init_hidden(self.train_data.size(1))
         limit = trainer.limit_train_batches
         rows = self.train_data.size(0)
-
-        interval_loss = torch.zeros((), device=self.device, dtype=torch.float64)
-        interval_tokens = 0
-        start = interval_start = time.perf_counter()
+        if limit is None:
+            bar_total, bar_initial, bar_unit = (rows - 1) * trainer.batch_size, progress.row * trainer.batch_size, "tok"
+        else:  # A capped epoch ends after `limit` batches, whatever their lengths, so the bar counts batches.
+            bar_total, bar_initial, bar_unit = limit, progress.batches, "batch"
         bar = tqdm(
-            total=(rows - 1) * trainer.batch_size,
-            initial=progress.row * trainer.batch_size,
+            total=bar_total,
+            initial=bar_initial,
             desc=f"epoch {self.epoch}",
-            unit="tok",
-            unit_scale=True,
+            unit=bar_unit,
+            unit_scale=limit is None,
             leave=False,
             disable=not self.group.is_main,
         )
+        try:
+            with logging_redirect_tqdm():  # log records print above the bar, not inside it
+                self.run_batches(bar)
+        finally:
+            bar.close()
+        self.check_finite()
+        progress.total_loss = float(progress.total_loss)
+        return EpochResult(progress.total_loss / max(progress.tokens, 1), progress.tokens, progress.seconds)
+
+    def run_batches(self, bar: tqdm) -> None:
+        """Train on the epoch's remaining batches, updating ``bar``, ``self.progress`` and ``self.step``."""
+        trainer = self.config.trainer
+        progress = self.progress
+        limit = trainer.limit_train_batches
+        rows = self.train_data.size(0)
+        interval_loss = torch.zeros((), device=self.device, dtype=torch.float64)
+        interval_tokens = 0
+        start = interval_start = time.perf_counter()
         while progress.row < rows - 2 and (limit is None or progress.batches < limit):
             # With several ranks the ranks agree on a signal only at log lines, because that needs a collective.
             if not self.group.enabled or progress.batches % trainer.log_interval == 0:
@@ -329,7 +349,7 @@ class Trainer:
             self.step += 1
             interval_loss += batch_loss
             interval_tokens += batch_tokens
-            bar.update(batch_tokens)
+            bar.update(batch_tokens if limit is None else 1)
 
             if progress.batches % trainer.log_interval == 0:
                 self.check_finite()
@@ -348,11 +368,7 @@ class Trainer:
                 progress.seconds += time.perf_counter() - start
                 start = time.perf_counter()
                 self.save_last()
-        bar.close()
-        self.check_finite()
-        progress.total_loss = float(progress.total_loss)
         progress.seconds += time.perf_counter() - start
-        return EpochResult(progress.total_loss / max(progress.tokens, 1), progress.tokens, progress.seconds)
 
     def compute_loss(self, inputs: Tensor, targets: Tensor, hidden: Hidden) -> tuple[Hidden, Tensor, Tensor]:
         """Run the forward pass; return the new hidden state, the raw loss and the loss with AR/TAR."""
@@ -431,10 +447,21 @@ class Trainer:
     def fit(self) -> dict[str, float]:
         """Train until the last epoch or a stall, then test the best checkpoint; return the final metrics."""
         config = self.config
+        if self.final_metrics is not None and self.progress is None and (self.stalled or self.epoch >= self.last_epoch):
+            log.info(
+                "%s already finished at epoch %d with test ppl %.2f, so nothing was trained or tested. To train on, resume "
+                "with trainer.epochs=N for N > %d; to score it again, run python -m awdlm.evaluate run=%s",
+                self.run_dir,
+                self.epoch,
+                self.final_metrics["test/ppl"],
+                config.trainer.epochs,
+                self.run_dir,
+            )
+            return dict(self.final_metrics)
         if self.group.is_main:
             self.run_dir.mkdir(parents=True, exist_ok=True)
-            if self.step == 0 and self.progress is None:
-                OmegaConf.save(OmegaConf.structured(config), self.run_dir / RUN_CONFIG)
+            # A resumed run may extend trainer.epochs, so the recorded config is written every time.
+            OmegaConf.save(OmegaConf.structured(config), self.run_dir / RUN_CONFIG)
             self.writer = MetricsWriter(self.run_dir, purge_step=self.purge_step)
             if self.purge_step is not None and self.progress is None and self.epoch_metrics:
                 # The purge also drops the scalars of the checkpoint's finished epoch; write them again.
@@ -460,7 +487,13 @@ class Trainer:
                 self.end_epoch(self.train_epoch())
                 self.stop_if_requested(0.0)
             self.check_replicas()
-            return self.finish()
+            # Building the test model draws initial weights. The generators are restored afterwards, so a
+            # resume that extends the run continues with the same random numbers as a longer run would.
+            cuda_devices = [self.device] if self.device.type == "cuda" else []
+            with torch.random.fork_rng(devices=cuda_devices):
+                self.final_metrics = self.finish()
+            self.save_last()  # records the final metrics, so that resuming the finished run tests nothing again
+            return dict(self.final_metrics)
         finally:
             self.stop_request.restore()
             if self.writer is not None:
@@ -625,6 +658,7 @@ class Trainer:
             "stalled": self.stalled,
             "start_checkpoint": None if self.start_checkpoint is None else str(self.start_checkpoint),
             "rng": rng,
+            "final_metrics": self.final_metrics,
         }
 
     def save_checkpoint(self, path: Path, val_loss: float) -> None:
@@ -658,6 +692,7 @@ class Trainer:
         self.stalled = state["stalled"]
         self.start_checkpoint = None if state["start_checkpoint"] is None else Path(state["start_checkpoint"])
         self.epoch_metrics = dict(state["epoch_metrics"])
+        self.final_metrics = state.get("final_metrics")
         progress = state["progress"]
         self.progress = None if progress is None else EpochProgress.from_state_dict(progress, self.device)
         if self.progress is not None and self.progress.hidden is not None:
