@@ -56,8 +56,8 @@ def check_new_run_dir(run_dir: Path) -> None:
     existing = [name for name in (LAST_CHECKPOINT, BEST_CHECKPOINT) if (run_dir / name).exists()]
     if existing:
         raise ConfigError(
-            f"run directory {run_dir} already contains a run ({', '.join(existing)}): continue it with "
-            f"resume={run_dir}, or choose another folder with hydra.run.dir=..."
+            f"run directory {run_dir} already contains a run ({', '.join(existing)}): continue that run with "
+            f"python -m awdlm.train resume={run_dir}, or choose another folder with hydra.run.dir=..."
         )
 
 

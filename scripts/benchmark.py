@@ -259,7 +259,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--data-dir", default="data", help="folder with ptb/ and wikitext-2/ (default: data)")
     parser.add_argument("--peer", choices=("fastai",), help="also measure this implementation at the same sizes")
     parser.add_argument("--json", metavar="FILE", help="also write the machine, settings and results as JSON")
-    args = parser.parse_args(argv)
+    args = parser.parse_intermixed_args(argv)
     for name in ("steps", "repeats"):
         if getattr(args, name) < 1:
             parser.error(f"invalid --{name} {getattr(args, name)}: expected an integer >= 1")

@@ -152,7 +152,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     tying.add_argument("--untied", dest="tying", action="store_const", const=["untied"], help="untied decoder only")
     parser.add_argument("--data-dir", default="data", help="folder that contains ptb/ (default: data)")
     parser.add_argument("--logdir", type=Path, help="write TensorBoard events under this folder (default: none)")
-    args = parser.parse_args(argv)
+    args = parser.parse_intermixed_args(argv)
     args.tying = args.tying or ["tied", "untied"]  # neither flag: both, tied first
     if args.steps < 1 or args.every < 1:
         parser.error(f"--steps {args.steps} and --every {args.every} must be integers >= 1")

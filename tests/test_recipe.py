@@ -7,7 +7,7 @@ import math
 
 import pytest
 import torch
-from helpers import compose_config, load, run_module
+from helpers import compose_config, load, run_module, snapshot
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from awdlm.api import LanguageModel
@@ -97,7 +97,19 @@ def test_finetune_cli_runs(pretrained, tmp_path):
     )
     assert result.returncode == 0, result.stderr[-3000:]
     assert (tmp_path / "finetune" / "last.pt").is_file()
+    assert (tmp_path / "finetune" / "train.log").is_file()
     assert "test loss" in result.stdout + result.stderr
+
+
+def test_finetune_cli_rejects_existing_run(pretrained):
+    before = snapshot(pretrained)
+    before.pop("train.log", None)  # every command appends to the folder's log
+    result = run_module("awdlm.finetune", pretrained, f"run={pretrained}", "trainer.epochs=1")
+    assert result.returncode == 1
+    assert f"python -m awdlm.train resume={pretrained}" in result.stderr
+    after = snapshot(pretrained)
+    after.pop("train.log", None)
+    assert after == before
 
 
 def test_cache_lambda_zero_equals_plain(pretrained):
