@@ -44,7 +44,7 @@ def load_config_corpus(config: Config) -> Corpus:
     missing = [str(path) for path in files.values() if not path.is_file()]
     if missing:
         raise FileNotFoundError(
-            f"corpus files not found: {', '.join(missing)}; pass --data-dir DIR, the folder that holds ptb/ "
+            f"corpus files not found: {', '.join(missing)}; pass --data-dir DIR, the folder that contains ptb/ "
             f"and wikitext-2/ (python -m awdlm.data download all fetches them)"
         )
     return load_corpus(files, cache_dir=None, name=dataset.name, settings=settings)

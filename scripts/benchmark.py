@@ -218,9 +218,8 @@ def benchmark_config(config: Config, args: argparse.Namespace, device: torch.dev
 
 
 def format_results(results: list[dict]) -> str:
-    headers = [
-        "preset", "model", "precision", "params", "V", "batch", "tokens/s", "ms/batch", "step peak MiB", "tokens/s vs fastai"
-    ]
+    headers = ["preset", "model", "precision", "params", "V", "batch", "tokens/s", "ms/batch", "step peak MiB"]
+    headers.append("tokens/s vs fastai")
     fastai = {r["preset"]: r["tokens_per_s"] for r in results if r["model"] == "fastai"}
     rows = []
     for r in results:

@@ -42,10 +42,10 @@ def test_dropped_weight_statistics():
     layer = WeightDropLSTM(200, 400, wdrop=0.3)  # weight_hh_l0 is (1600, 400): 640,000 elements
     weight = layer.lstm.weight_hh_l0.detach()
     dropped = layer.dropped_weight().detach()
-    kept = dropped != 0
+    is_kept = dropped != 0
     # The dropped fraction is 0.3 within 5 standard deviations (sqrt(0.3 * 0.7 / 640000) = 0.00057).
-    assert abs((~kept).float().mean().item() - 0.3) < 0.003
-    torch.testing.assert_close(dropped[kept], weight[kept] / 0.7)
+    assert abs((~is_kept).float().mean().item() - 0.3) < 0.003
+    torch.testing.assert_close(dropped[is_kept], weight[is_kept] / 0.7)
 
 
 def test_mask_redrawn_each_forward():

@@ -1,4 +1,4 @@
-"""The decoder and cross-entropy as one operation that never holds the full (N, V) logits.
+"""The decoder and cross-entropy as one operation that never keeps the full (N, V) logits.
 
 ``F.cross_entropy(F.linear(h, W, b), targets)`` keeps the (N, V) logits and
 their log-softmax for the backward pass, and the backward pass allocates two

@@ -449,8 +449,9 @@ class Trainer:
         config = self.config
         if self.final_metrics is not None and self.progress is None and (self.stalled or self.epoch >= self.last_epoch):
             log.info(
-                "%s already finished at epoch %d with test ppl %.2f, so nothing was trained or tested. To train on, resume "
-                "with trainer.epochs=N for N > %d; to score it on the whole test split, run python -m awdlm.evaluate run=%s",
+                "%s already finished at epoch %d with test ppl %.2f, so nothing was trained or tested. "
+                "To train on, resume with trainer.epochs=N for N > %d; to score it on the whole test split, "
+                "run python -m awdlm.evaluate run=%s",
                 self.run_dir,
                 self.epoch,
                 self.final_metrics["test/ppl"],
